@@ -117,7 +117,8 @@ def alloc_bytes(n_bytes:int=64 * 2**20):
 
 # %% ../nbs/03_bench.ipynb #b96bb926
 BENCHMARKS: dict = {}
-BENCH_MODULES = ["hsa_lib.bench", "hsa_lib.hsa.bench", "hsa_lib.lenses.bench", "hsa_lib.lsm.bench", "hsa_lib.htfr.bench", "hsa_lib.neat.bench"]
+BENCH_MODULES = ["hsa_lib.bench", "hsa_lib.hsa.bench", "hsa_lib.hsa.bench_models", "hsa_lib.lenses.bench", "hsa_lib.lenses.bench_registry",
+                 "hsa_lib.lsm.bench", "hsa_lib.htfr.bench", "hsa_lib.neat.bench", "hsa_lib.neat.bench_bytes"]
 
 def register_benchmark(name:str):
     "Decorator: register `fn(quick:bool) -> Report` as the benchmark of subsystem `name`."
