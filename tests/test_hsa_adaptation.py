@@ -114,7 +114,7 @@ def test_responsibilities_and_coverage_match_the_definition(rank):
     cov = torch.diag_embed((2 * st["log_sigma"].double()).exp()) + (st["u"].double() @ st["u"].double().transpose(-1, -2) if rank else 0)
     diff = x[:, :, None, :] - st["mu"].double()[:, None]                             # [h N K d]
     maha = torch.einsum("hnkd,hkde,hnke->hnk", diff, torch.linalg.inv(cov), diff)
-    logphi = -0.5 * maha - 0.5 * torch.logdet(cov)[:, None]
+    logphi = -0.5 * maha                                                              # peak-normalized kernel: φ_s(μ_s) = 1
     resp = torch.softmax(logphi + st["log_coef"].double()[:, None], -1)
     torch.testing.assert_close(m.resp, resp)
     live = torch.isfinite(st["log_coef"])[:, None]

@@ -14,7 +14,7 @@ from .splats import SplatConfig, SplatRegistry
 # %% auto #0
 __all__ = ['AttentionInputError', 'log_features', 'reference_attention', 'key_sums', 'query_mix', 'SplatState',
            'causal_splat_sums', 'local_window_sums', 'combine_sums', 'check_inputs', 'splat_attention', 'rel_err',
-           'HSAState', 'HSAttention']
+           'level_log_mass', 'attention_by_level', 'calibrate_levels', 'HSAState', 'HSAttention']
 
 # %% ../../nbs/hsa/11_attention.ipynb #ad156dac
 class AttentionInputError(HsaLibError, ValueError):
@@ -25,20 +25,20 @@ def log_features(x:Tensor, # queries or keys, `[b h n d]`
                  log_sigma:Tensor, # per-dimension log-scales, `[h K d]`
                  u:Tensor|None=None, # optional low-rank covariance factors, `[h K d r]`
                 )->Tensor: # `[b h n K]`
-    "Log Gaussian kernel of every vector against every splat of its head."
+    "Log peak-normalized Gaussian kernel `−½ (x−μ)ᵀΣ⁻¹(x−μ)` of every vector against every splat of its head."
     c = mu.detach().mean(1, keepdim=True)                                 # shift both sides by the centres' mean: same value, less cancellation
     x, mu = x - c[None], mu - c
     inv = torch.exp(-2 * log_sigma)
     quad = (torch.einsum("bhnd,hkd->bhnk", x * x, inv) - 2 * torch.einsum("bhnd,hkd->bhnk", x, mu * inv)
             + (mu * mu * inv).sum(-1)[None, :, None])
-    out = -0.5 * quad - log_sigma.sum(-1)[None, :, None]
+    out = -0.5 * quad
     if u is not None and u.shape[-1] > 0:
         w = u * inv[..., None]                                             # D⁻¹U, [h K d r]
         cap = torch.eye(u.shape[-1], dtype=u.dtype, device=u.device) + torch.einsum("hkdr,hkds->hkrs", u, w)
         L = torch.linalg.cholesky(cap)                                     # I + UᵀD⁻¹U = L Lᵀ
         proj = torch.einsum("bhnd,hkdr->bhnkr", x, w) - torch.einsum("hkd,hkdr->hkr", mu, w)[None, :, None]
         y = torch.linalg.solve_triangular(L[None, :, None], proj.unsqueeze(-1), upper=False).squeeze(-1)
-        out = out + 0.5 * y.pow(2).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)[None, :, None]
+        out = out + 0.5 * y.pow(2).sum(-1)
     return out
 
 # %% ../../nbs/hsa/11_attention.ipynb #014f2c55
@@ -87,7 +87,9 @@ def query_mix(lq:Tensor, S:Tensor, z:Tensor, m:Tensor, log_coef:Tensor)->tuple:
     return out[..., :-1], out[..., -1], r
 
 def _normalize(num:Tensor, den:Tensor)->Tensor:
-    return torch.where(den[..., None] > 0, num / den.clamp_min(torch.finfo(den.dtype).tiny)[..., None], torch.zeros_like(num))
+    "`num / den`, 0 where nothing was attended (`den = 0`); NaN stays NaN (it is a bug upstream, never silently zeroed)."
+    zero = (den == 0)[..., None]
+    return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, torch.ones_like(den[..., None]), den[..., None]))
 
 # %% ../../nbs/hsa/11_attention.ipynb #17401f35
 @dataclasses.dataclass
@@ -201,7 +203,17 @@ def check_inputs(q:Tensor, k:Tensor, v:Tensor, splats:dict, key_mask:Tensor|None
     if causal and nq > nk and state is None: raise AttentionInputError(f"causal attention with more queries ({nq}) than keys ({nk})")
     mu = splats["mu"]
     if mu.shape[0] != hk or mu.shape[-1] != d: raise AttentionInputError(f"splats are for {mu.shape[0]} heads of dim {mu.shape[-1]}, inputs have {hk} key/value heads of dim {d}")
-    if mu.shape[1] == 0 or not torch.isfinite(splats["log_coef"]).any(): raise AttentionInputError("there are no live splats (k = 0)")
+    lc = splats["log_coef"]; live = lc != -math.inf
+    if mu.shape[1] == 0 or not live.any(): raise AttentionInputError("there are no live splats (k = 0)")
+    if not live.any(1).all(): raise AttentionInputError(f"head {int((~live.any(1)).nonzero()[0])} has no live splats")
+    for name in ("mu", "log_sigma", "u", "log_coef"):
+        t = splats.get(name)
+        if t is None: continue
+        bad = live & ~torch.isfinite(t.detach()).reshape(*live.shape, -1).all(-1)
+        if bad.any():
+            h, s = bad.nonzero()[0].tolist(); lvl = int(splats["level"][s]) if "level" in splats else "?"
+            hint = " (log amplitude + log level weight: check log_amp and hierarchy.level_logits)" if name == "log_coef" else ""
+            raise AttentionInputError(f"splat {name} is NaN/inf in {int(bad.sum())} live splat(s); first: level {lvl}, head {h}, slot {s}{hint}")
     if key_mask is not None and tuple(key_mask.shape) != (b, nk): raise AttentionInputError(f"key_mask must have shape (batch, keys) = {(b, nk)}, got {tuple(key_mask.shape)}")
     for name, t in (("q", q), ("k", k), ("v", v)):
         if not torch.isfinite(t).all(): raise AttentionInputError(f"{name} contains NaN or inf")
@@ -250,7 +262,45 @@ def splat_attention(q:Tensor, # `[b hq nq d]`
 # %% ../../nbs/hsa/11_attention.ipynb #bee52ecf
 def rel_err(a:Tensor, b:Tensor)->float:
     "Max absolute difference relative to the largest magnitude of `b`."
+    a, b = a.detach(), b.detach()
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+# %% ../../nbs/hsa/11_attention.ipynb #47b911ae
+def level_log_mass(q:Tensor, k:Tensor, # `[b hq nq d]`, `[b hk nk d]`
+                   splats:dict, # `SplatRegistry.stacked()`
+                  )->Tensor: # `[b hk g·nq levels]` (−inf for a level with no live splat)
+    "log `M_ℓ(i)`: each splat level's part of query `i`'s attention mass over all keys (non-causal)."
+    hk = k.shape[1]; lvl = splats["level"]
+    lq = log_features(_group(q, hk), splats["mu"], splats["log_sigma"], splats.get("u")) + splats["log_coef"][None, :, None]
+    m = lq + torch.logsumexp(log_features(k, splats["mu"], splats["log_sigma"], splats.get("u")), 2)[:, :, None]
+    return torch.stack([torch.logsumexp(m[..., lvl == l], -1) for l in range(int(lvl.max()) + 1)], -1)
+
+def attention_by_level(q:Tensor, k:Tensor, splats:dict,
+                       local_window:int=0, log_w_local:Tensor|float=0.0, scale:float|None=None, # the hybrid's window, as in `splat_attention`
+                      )->Tensor: # `[levels]` (the window first when there is one), sums to 1
+    "Mean share of each level in the queries' attention mass (non-causal)."
+    lm = level_log_mass(q, k, splats)
+    if local_window:
+        hk = k.shape[1]; num, den, r = local_window_sums(_group(q, hk), k, k[..., :1], q.shape[1] // hk, local_window, False, None, scale)
+        lm = torch.cat([(den.log() + r + log_w_local)[..., None], lm], -1)
+    return torch.softmax(lm, -1).mean((0, 1, 2))
+
+@torch.no_grad()
+def calibrate_levels(registry:SplatRegistry,
+                     k:Tensor, # sample keys `[b h n d]` (h = the registry's heads)
+                     q:Tensor|None=None, # sample queries `[b hq n d]` (default: the keys)
+                    )->Tensor: # the new `registry.level_offset`, `[levels, h]`
+    "Set `registry.level_offset` so that on these tokens every splat level (and the hybrid's window) carries the same mean log attention mass."
+    q = k if q is None else q; st = registry.stacked(); lvl, L = st["level"], registry.n_levels
+    lw = torch.stack([registry.hierarchy.log_weight(f"L{l}") for l in range(L)]).detach()
+    amps_only = st | {"log_coef": (st["log_coef"] - registry.level_offset.T[:, lvl] - lw[lvl]).detach()}
+    per = level_log_mass(q, k, amps_only).mean((0, 2)).T                                    # [L h]
+    ok = torch.isfinite(per)
+    if registry.cfg.local_window:
+        hk = k.shape[1]; num, den, r = local_window_sums(_group(q, hk), k, k[..., :1], q.shape[1] // hk, registry.cfg.local_window, False)
+        target = (den.log() + r).mean((0, 2))
+    else: target = torch.where(ok, per, 0).sum(0) / ok.sum(0).clamp_min(1)
+    registry.level_offset.copy_(torch.where(ok, target[None] - per, 0)); return registry.level_offset
 
 # %% ../../nbs/hsa/11_attention.ipynb #e1363a07
 @dataclasses.dataclass
@@ -286,6 +336,7 @@ def forward(self:HSAttention, x:Tensor, # `[b n d_model]`
     b, n, _ = x.shape; W = self.registry.cfg.local_window
     q = self.q_proj(x).view(b, n, self.n_heads, self.dh).transpose(1, 2)
     k = self.k_proj(x).view(b, n, self.n_kv, self.dh).transpose(1, 2); v = self.v_proj(x).view(b, n, self.n_kv, self.dh).transpose(1, 2)
+    self.registry.check_finite()
     lw = self.registry.hierarchy.log_weight("local") if W else 0.0
     wkv = (state.k_win, state.v_win) if state is not None and W and state.k_win is not None else None
     o, st = splat_attention(q, k, v, self.registry.stacked(), self.causal, key_padding_mask, self.chunk,

@@ -48,7 +48,7 @@ LOG_TINY_FP32 = math.log(torch.finfo(torch.float32).tiny)
 class HealthCheck(Config):
     "Bounds used by `diagnose`; calling it diagnoses a registry."
     min_live: int = 2 # fewest live splats per level and head (capped at the level's configured size)
-    min_effective: float = 2.0 # collapse when exp(entropy of a level's mass shares) < min(this, live/2)
+    min_effective: float = 2.0 # collapse when exp(entropy of a level's mass shares) < min(this, live/3)
     min_level_weight: float = 1e-6 # a level whose weight w_ℓ is below this is dead
     min_level_share: float = 1e-6 # ... and so is one whose share of the attention mass (`level_shares`) is below this
     underflow_log: float = LOG_TINY_FP32 # a kernel value (relative to its peak, times its coefficient) below e^this underflows
@@ -212,7 +212,7 @@ def find_collapse(registry:SplatRegistry, check:HealthCheck, keys:Tensor|None=No
         for h in range(registry.cfg.n_heads):
             n, slots = int(counts[l, h]), registry.buf("alive", l)[h].nonzero().flatten().tolist()
             if n < floor: out.append(Failure("collapse", "live_splats", n, floor, level=l, head=h, ids=_ids(registry, l, h, slots), slots=slots)); continue
-            bound = min(check.min_effective, n / 2)
+            bound = min(check.min_effective, n / 3)
             if eff is not None and eff[l, h] < bound:
                 order = _mass_order(registry, keys, l, h, slots)
                 out.append(Failure("collapse", "effective_splats", float(eff[l, h]), bound, level=l, head=h,
@@ -497,6 +497,11 @@ def recover(registry:SplatRegistry, failures:list, # from `diagnose`
         return [_act(f, "rollback", f"to step {checkpointer.step}") for f in by["nonfinite"]] + [_act(f, "none", "state rolled back") for k in KINDS[1:] for f in by[k]]
     out = _recover_nonfinite(registry, by["nonfinite"], x, check)
     if by["exploding"]:
+        (lo, hi) = check.log_sigma_range
+        for f in (f for f in by["exploding"] if f.measure == "log_sigma" and f.level is not None and f.head is not None):
+            ls = registry.log_sigma[f.level][f.head]; ok = registry.buf("alive", f.level)[f.head].clone(); ok[f.slots] = False
+            ok &= ((ls > lo) & (ls < hi)).all(-1)                              # a clamped giant would still cover every token (peak-normalized kernel)
+            if ok.any(): ls[f.slots] = ls[ok].median(0).values                 # so it takes its level's typical scale
         n = clamp_(registry, check.log_sigma_range, check.log_amp_range)
         out += [_act(f, "clamp", f"{n} values clamped" if i == 0 else "") for i, f in enumerate(by["exploding"])]
     done = set()                                                             # (level, head) fully re-initialized

@@ -21,7 +21,7 @@ __all__ = ['log', 'FORMAT_VERSION', 'FORMAT_NAME', 'SplatSerializationError', 'S
 
 # %% ../../nbs/hsa/15_serialization.ipynb #0bf44f49
 log = get_logger(__name__)
-FORMAT_VERSION = 1 # the newest sidecar format this code writes and reads
+FORMAT_VERSION = 2 # the newest sidecar format this code writes and reads (2: peak-normalized kernel + `level_offset`)
 FORMAT_NAME = "hsa_lib.splats"
 
 class SplatSerializationError(HsaLibError, ValueError):
@@ -137,6 +137,7 @@ def read_sidecar(path:str|Path)->dict:
     v = meta.get("format_version")
     if type(v) is not int or v < 1: raise CorruptFileError(f"{side}: format_version must be a positive int, got {v!r}")
     if v > FORMAT_VERSION: raise SplatVersionError(f"{side} has format_version {v}; this hsa_lib ({hsa_lib.__version__}) reads format_version <= {FORMAT_VERSION}: upgrade hsa_lib to load it")
+    if v < 2: raise SplatVersionError(f"{side} has format_version {v}, whose splats were fitted for the density-normalized kernel; this hsa_lib uses the peak-normalized kernel with level offsets (format_version 2): refit and save the splats again")
     for field, typ in (("tensor_file", str), ("sha256", str), ("registries", dict)):
         if not isinstance(meta.get(field), typ): raise CorruptFileError(f"{side}: field {field!r} is missing or not a {typ.__name__}")
     tf = meta["tensor_file"]
@@ -149,6 +150,7 @@ def expected_tensors(cfg:SplatConfig, capacities:list, dtype:torch.dtype)->dict:
     "`{state_dict key: (shape, dtype)}` of a registry with this config and these per-level capacities."
     H, D, r = cfg.n_heads, cfg.head_dim, cfg.rank; out = {"next_id": ((), torch.int64)}
     out["hierarchy.level_logits"] = ((len(cfg.level_sizes) + (cfg.local_window > 0),), dtype)
+    out["level_offset"] = ((len(cfg.level_sizes), H), dtype)
     for l, c in enumerate(capacities):
         out |= {f"mu.{l}": ((H, c, D), dtype), f"log_sigma.{l}": ((H, c, D), dtype), f"log_amp.{l}": ((H, c), dtype),
                 f"alive_{l}": ((H, c), torch.bool), f"ids_{l}": ((H, c), torch.int64), f"parent_{l}": ((H, c), torch.int64)}

@@ -44,7 +44,7 @@ def quad_table(splats:dict)->tuple: # (rows `[h K 2d+1]`, centre `[h d]`)
     "Per-splat rows `[−½σ⁻², μ'σ⁻², const]` with `μ' = μ − c`: `[x'², x', 1] · row = log c_s + log φ_s(x)` (diagonal part)."
     c = splats["mu"].detach().mean(1)                                                   # shift by the centres' mean, as `log_features` does
     mu, ls = splats["mu"] - c[:, None], splats["log_sigma"]; inv = torch.exp(-2 * ls)
-    const = -0.5 * (mu * mu * inv).sum(-1) - ls.sum(-1) + splats["log_coef"]
+    const = -0.5 * (mu * mu * inv).sum(-1) + splats["log_coef"]
     return torch.cat([-0.5 * inv, mu * inv, const[..., None]], -1), c
 
 def query_features(x:Tensor, # `[b h n d]`
@@ -64,7 +64,7 @@ def lowrank_pairs(x:Tensor, # queries, `[b h n d]`
     L = torch.linalg.cholesky(torch.eye(u.shape[-1], dtype=u.dtype, device=u.device) + torch.einsum("hkdr,hkds->hkrs", u, w))
     proj = torch.einsum("bhnd,bhnmdr->bhnmr", x, w[hi, idx]) - torch.einsum("hkd,hkdr->hkr", mu, w)[hi, idx]
     y = torch.linalg.solve_triangular(L[hi, idx], proj.unsqueeze(-1), upper=False).squeeze(-1)
-    return 0.5 * y.pow(2).sum(-1) - torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)[hi, idx]
+    return 0.5 * y.pow(2).sum(-1)
 
 # %% ../../nbs/hsa/12_sparse.ipynb #38c536ec
 def exact_candidates(x:Tensor, # queries, `[b h n d]`
@@ -85,7 +85,7 @@ class ExactIndex:
 def update(self:ExactIndex, splats:dict)->ExactIndex:
     "Re-read the splats (after training steps, or when splats are registered, removed, split or merged)."
     self.splats = {k: v.detach() if torch.is_tensor(v) else v for k, v in splats.items()}
-    self.n_heads, self.K, self.dim = self.splats["mu"].shape; self.alive = torch.isfinite(self.splats["log_coef"])
+    self.n_heads, self.K, self.dim = self.splats["mu"].shape; self.alive = torch.isfinite(self.splats["log_coef"]); self.version = getattr(splats, "version", None)
     return self
 
 # %% ../../nbs/hsa/12_sparse.ipynb #e4c2010c
@@ -98,6 +98,8 @@ def _check_search(index, x:Tensor, m:int, bias:Tensor|None, splats:dict|None=Non
         raise SplatIndexError(f"bias must have shape [b h K] or [b h n K] = {(*x.shape[:3], index.K)}, got {tuple(bias.shape)}")
     if splats is not None and tuple(splats["mu"].shape) != (index.n_heads, index.K, index.dim):
         raise SplatIndexError(f"the index was built for splats of shape {(index.n_heads, index.K, index.dim)} (heads, K, dim), these are {tuple(splats['mu'].shape)}: call index.update(splats)")
+    if splats is not None and None not in (v := getattr(splats, "version", None), getattr(index, "version", None)) and v != index.version:
+        raise SplatIndexError(f"the index is stale: it was built at registry version {index.version}, the splats are at version {v}; call index.update(splats)")
 
 @patch
 def candidates(self:ExactIndex, x:Tensor, m:int, bias:Tensor|None=None,
@@ -160,7 +162,7 @@ class IVFIndex:
 def update(self:IVFIndex, splats:dict)->IVFIndex:
     "Rebuild the cells from the current splats (after training steps, register/unregister/split/merge)."
     self.splats = sp = {k: v.detach() if torch.is_tensor(v) else v for k, v in splats.items()}
-    mu = sp["mu"]; H, self.K, d = mu.shape; self.n_heads, self.dim = H, d; self.alive = torch.isfinite(sp["log_coef"])
+    mu = sp["mu"]; H, self.K, d = mu.shape; self.n_heads, self.dim = H, d; self.alive = torch.isfinite(sp["log_coef"]); self.version = getattr(splats, "version", None)
     cells, cents = [], []
     for h in range(H):
         live = self.alive[h].nonzero().squeeze(1)
@@ -328,6 +330,8 @@ def check_sparse_inputs(q:Tensor, k:Tensor, v:Tensor, splats:dict, m:int, index,
         raise SplatIndexError(f"the index was built for splats of shape {(index.n_heads, index.K, index.dim)} (heads, K, dim), these are {tuple(splats['mu'].shape)}: call index.update(splats)")
     if not torch.equal(index.alive.to(splats["log_coef"].device), torch.isfinite(splats["log_coef"])):
         raise SplatIndexError("the index is stale: splats were registered or removed since it was built; call index.update(splats)")
+    if None not in (v := getattr(splats, "version", None), getattr(index, "version", None)) and v != index.version:
+        raise SplatIndexError(f"the index is stale: it was built at registry version {index.version}, the splats are at version {v} (registered, removed, split, merged or grown since); call index.update(splats)")
 
 # %% ../../nbs/hsa/12_sparse.ipynb #d3b4609f
 def sparse_splat_attention(q:Tensor, # `[b hq nq d]`

@@ -4,14 +4,14 @@
 
 # %% ../../nbs/hsa/10_splats.ipynb #f9b3f0d9
 from __future__ import annotations
-import dataclasses, math, weakref
+import dataclasses, math, operator, weakref
 import torch, torch.nn as nn
 from torch import Tensor
 from fastcore.basics import patch
 from ..core import HsaLibError, Config
 
 # %% auto #0
-__all__ = ['SplatError', 'SplatConfig', 'Hierarchy', 'SplatRegistry', 'Splat']
+__all__ = ['SplatError', 'SplatConfig', 'Hierarchy', 'SplatRegistry', 'StackedSplats', 'Splat']
 
 # %% ../../nbs/hsa/10_splats.ipynb #87fcb1a4
 class SplatError(HsaLibError, ValueError):
@@ -25,7 +25,7 @@ class SplatConfig(Config):
     level_sizes: tuple = (16, 8, 4) # live splats per head at start, fine to coarse
     capacity_factor: float = 2.0 # slots per level = size * factor: room to split without reallocating
     rank: int = 0 # low-rank covariance term per splat (0 = diagonal only)
-    init_scale: float = 1.0 # σ of level-0 splats at initialization
+    init_scale: float = 1.0 # σ of level-0 splats at initialization, and the scale of queries/keys assumed to calibrate the levels
     level_scale: float = 2.0 # each level up is this much wider
     local_window: int = 0 # > 0: an exact softmax window acts as an extra, finest level (the hybrid)
     def __post_init__(self):
@@ -72,7 +72,9 @@ class SplatRegistry(nn.Module):
             self.register_buffer(f"alive_{l}", alive); self.register_buffer(f"ids_{l}", ids)
             self.register_buffer(f"parent_{l}", torch.full((H, cap), -1, dtype=torch.long))
         self.register_buffer("next_id", torch.tensor(next_id))
-        self._optimizers = []
+        self.register_buffer("level_offset", torch.zeros(len(cfg.level_sizes), H))  # per-level log-mass calibration, `[levels, h]`
+        self._optimizers, self._fresh, self.version = [], {}, 0
+        self._link_parents(); self._calibrate_init(g)
 
 # %% ../../nbs/hsa/10_splats.ipynb #001c82fe
 @patch
@@ -91,16 +93,76 @@ def counts(self:SplatRegistry)->Tensor:
     "Live splats per level and head, `[levels, h]`."
     return torch.stack([self.buf("alive", l).sum(1) for l in range(self.n_levels)])
 
-# %% ../../nbs/hsa/10_splats.ipynb #cc71d2f0
+@patch
+def _touch(self:SplatRegistry):
+    "Count a structural edit: indexes built over the splats compare `version` to know they are stale."
+    self.version += 1
+
+# %% ../../nbs/hsa/10_splats.ipynb #f53d9de4
+@patch
+@torch.no_grad()
+def _nearest_parent(self:SplatRegistry, l:int, h:int, x:Tensor)->Tensor:
+    "Ids of the live level-`l+1` splats of head `h` nearest to each centre in `x` `[m d]` (−1 at the top or with no live parent)."
+    if l + 1 >= self.n_levels: return torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+    alive = self.buf("alive", l + 1)[h]
+    if not alive.any(): return torch.full((len(x),), -1, dtype=torch.long, device=x.device)
+    mu, inv = self.mu[l + 1][h][alive].detach(), torch.exp(-2 * self.log_sigma[l + 1][h][alive].detach())
+    d2 = (x.pow(2) @ inv.T) - 2 * x @ (mu * inv).T + (mu.pow(2) * inv).sum(-1)
+    return self.buf("ids", l + 1)[h][alive][d2.argmin(1)]
+
+@patch
+@torch.no_grad()
+def _link_parents(self:SplatRegistry):
+    "Give every live splat below the top level its nearest parent at the next level."
+    for l in range(self.n_levels - 1):
+        for h in range(self.cfg.n_heads):
+            alive = self.buf("alive", l)[h]
+            self.buf("parent", l)[h, alive] = self._nearest_parent(l, h, self.mu[l][h][alive].detach())
+
+# %% ../../nbs/hsa/10_splats.ipynb #ea02b6d2
+@patch
+@torch.no_grad()
+def _calibrate_init(self:SplatRegistry, g:torch.Generator|None, n:int=128):
+    "Calibrate `level_offset` on `N(0, init_scale²)` queries and keys (what the registry assumes before it sees data)."
+    if self.n_levels < 2 and not self.cfg.local_window: return
+    from hsa_lib.hsa.attention import calibrate_levels   # the kernel lives in the attention module, which builds on this one
+    x = torch.randn(2, 1, self.cfg.n_heads, n, self.cfg.head_dim, generator=g) * self.cfg.init_scale
+    calibrate_levels(self, x[0], x[1])
+
+# %% ../../nbs/hsa/10_splats.ipynb #24a563e7
+class StackedSplats(dict):
+    "The dict `SplatRegistry.stacked()` returns; `.version` is the registry's version when it was made (indexes compare it)."
+    def __init__(self, version:int|None=None, **tensors):
+        super().__init__(**tensors); self.version = version
+
 @patch
 def stacked(self:SplatRegistry)->dict:
-    "All levels concatenated: mu, log_sigma `[h, K, d]`, log_coef `[h, K]` (−inf where free), level `[K]`, u `[h, K, d, r]` or None."
-    L = self.n_levels
+    "All levels concatenated: mu, log_sigma `[h, K, d]`, log_coef `[h, K]` (−inf where free), level `[K]`, u `[h, K, d, r]` or None, as a `StackedSplats` dict whose `.version` is the registry's."
+    L = self.n_levels; dev = self.level_offset.device
     lw = torch.stack([self.hierarchy.log_weight(f"L{l}") for l in range(L)])
-    log_coef = torch.cat([torch.where(self.buf("alive", l), self.log_amp[l] + lw[l], torch.full_like(self.log_amp[l], -math.inf)) for l in range(L)], 1)
-    return dict(mu=torch.cat(list(self.mu), 1), log_sigma=torch.cat(list(self.log_sigma), 1), log_coef=log_coef,
-                level=torch.cat([torch.full((self.capacity(l),), l) for l in range(L)]),
-                u=torch.cat(list(self.u), 1) if self.cfg.rank else None)
+    alive = torch.cat([self.buf("alive", l) for l in range(L)], 1)                       # [h K]
+    log_coef = torch.cat([self.log_amp[l] + lw[l] + self.level_offset[l][:, None] for l in range(L)], 1).masked_fill(~alive, -math.inf)
+    mu = torch.cat(list(self.mu), 1); a = alive[..., None]
+    centre = (torch.where(a, mu, 0).sum(1, keepdim=True) / a.sum(1, keepdim=True).clamp_min(1)).detach()
+    return StackedSplats(self.version, mu=torch.where(a, mu, centre), log_sigma=torch.where(a, torch.cat(list(self.log_sigma), 1), 0.0), log_coef=log_coef,
+                level=torch.cat([torch.full((self.capacity(l),), l, device=dev) for l in range(L)]),
+                u=torch.where(a[..., None], torch.cat(list(self.u), 1), 0.0) if self.cfg.rank else None)
+
+# %% ../../nbs/hsa/10_splats.ipynb #cc71d2f0
+@patch
+def check_finite(self:SplatRegistry):
+    "Raise `SplatError` naming the level, parameter and head of the first non-finite live splat value or level logit."
+    if not torch.isfinite(self.hierarchy.level_logits).all(): raise SplatError(f"hierarchy.level_logits are not finite: {self.hierarchy.level_logits.detach().tolist()}")
+    if not torch.isfinite(self.level_offset).all(): raise SplatError("level_offset is not finite: recalibrate the levels")
+    names = ["mu", "log_sigma", "log_amp"] + (["u"] if self.cfg.rank else [])
+    for l in range(self.n_levels):
+        alive = self.buf("alive", l)
+        for name in names:
+            p = getattr(self, name)[l]
+            bad = alive & ~torch.isfinite(p.detach()).reshape(*alive.shape, -1).all(-1)
+            if bad.any():
+                h, s = bad.nonzero()[0].tolist()
+                raise SplatError(f"level {l} {name} is NaN/inf for {int(bad.sum())} live splat(s), first: head {h}, id {int(self.buf('ids', l)[h, s])}")
 
 # %% ../../nbs/hsa/10_splats.ipynb #a95e1818
 @dataclasses.dataclass(frozen=True)
@@ -117,7 +179,7 @@ class Splat:
     @property
     def sigma(self)->Tensor: return self.registry.log_sigma[self.level][self.head, self.slot].detach().exp()
     @property
-    def amplitude(self)->float: return float(self.registry.log_amp[self.level][self.head, self.slot].exp())
+    def amplitude(self)->float: return math.exp(float(self.registry.log_amp[self.level][self.head, self.slot].detach()))
     @property
     def parent(self)->int: return int(self.registry.buf("parent", self.level)[self.head, self.slot])
     def __repr__(self): return f"Splat(id={self.id}, level={self.level}, head={self.head}, |μ|={self.mu.norm():.3g}, mean σ={self.sigma.mean():.3g}, a={self.amplitude:.3g})"
@@ -126,6 +188,9 @@ class Splat:
 @patch
 def lookup(self:SplatRegistry, sid:int)->tuple:
     "(level, head, slot) of the live splat with id `sid`."
+    try: sid = operator.index(sid)
+    except TypeError: raise SplatError(f"splat ids are non-negative ints, got {sid!r}") from None
+    if sid < 0: raise SplatError(f"splat ids are non-negative ints, got {sid} (-1 marks a free slot)")
     for l in range(self.n_levels):
         hit = (self.buf("ids", l) == sid).nonzero()
         if len(hit): return l, int(hit[0, 0]), int(hit[0, 1])
@@ -143,8 +208,13 @@ def splats(self:SplatRegistry, level:int|None=None, head:int|None=None)->list:
 # %% ../../nbs/hsa/10_splats.ipynb #c1c95375
 @patch
 def attach_optimizer(self:SplatRegistry, opt:torch.optim.Optimizer)->torch.optim.Optimizer:
-    "Keep `opt`'s per-parameter state consistent with slot changes and growth."
-    self._optimizers.append(weakref.ref(opt)); return opt
+    "Keep `opt`'s per-parameter state consistent with slot changes and growth (attaching twice is a no-op)."
+    if any(ref() is opt for ref in self._optimizers): return opt
+    self._optimizers.append(weakref.ref(opt)); self._fresh[id(opt)] = set()
+    me = weakref.ref(self)
+    def hook(o, args, kwargs):
+        if (reg := me()) is not None: reg._seed_fresh(o)
+    opt.register_step_pre_hook(hook); return opt
 
 @patch
 def level_params(self:SplatRegistry, l:int)->list:
@@ -154,12 +224,28 @@ def level_params(self:SplatRegistry, l:int)->list:
 @patch
 @torch.no_grad()
 def _reset_state(self:SplatRegistry, l:int, h:int, slot:int):
-    "Zero every attached optimizer's state for one slot (a new splat starts fresh)."
+    "Zero every attached optimizer's state for one slot (a new splat starts fresh) and mark it for a bias-corrected first step."
     for ref in self._optimizers:
         if (opt := ref()) is None: continue
         for p in self.level_params(l):
             for v in opt.state.get(p, {}).values():
                 if torch.is_tensor(v) and v.shape == p.shape: v[h, slot] = 0
+        self._fresh.setdefault(id(opt), set()).add((l, h, slot))
+
+@patch
+@torch.no_grad()
+def _seed_fresh(self:SplatRegistry, opt:torch.optim.Optimizer):
+    "Before `opt` steps: seed Adam moments of fresh slots from their gradient so their first step is bias-corrected."
+    fresh, self._fresh[id(opt)] = self._fresh.get(id(opt), set()), set()
+    betas = {id(p): g.get("betas") for g in opt.param_groups for p in g["params"]}
+    for l, h, s in fresh:
+        if s >= self.capacity(l) or not self.buf("alive", l)[h, s]: continue
+        for p in self.level_params(l):
+            st, b = opt.state.get(p, {}), betas.get(id(p))
+            if b is None or p.grad is None or "exp_avg" not in st or "step" not in st: continue
+            t, g = float(st["step"]), p.grad[h, s]
+            st["exp_avg"][h, s] = (1 - b[0] ** t) * g; st["exp_avg_sq"][h, s] = (1 - b[1] ** t) * g * g
+            if "max_exp_avg_sq" in st: st["max_exp_avg_sq"][h, s] = st["exp_avg_sq"][h, s]
 
 # %% ../../nbs/hsa/10_splats.ipynb #5bd4fd1b
 @patch
@@ -171,8 +257,9 @@ def grow(self:SplatRegistry, l:int, new_capacity:int|None=None):
     def pad(t, fill): return torch.cat([t, torch.full((t.shape[0], new - cap, *t.shape[2:]), fill, dtype=t.dtype, device=t.device)], 1)
     olds = self.level_params(l)
     for plist, fill in [(self.mu, 0.0), (self.log_sigma, 0.0), (self.log_amp, 0.0)] + ([(self.u, 0.0)] if self.cfg.rank else []):
-        plist[l] = nn.Parameter(pad(plist[l].data, fill))
+        plist[l] = nn.Parameter(pad(plist[l].data, fill), requires_grad=plist[l].requires_grad)
     for name, fill in [("alive", False), ("ids", -1), ("parent", -1)]: setattr(self, f"{name}_{l}", pad(self.buf(name, l), fill))
+    self._touch()
     for ref in self._optimizers:
         if (opt := ref()) is None: continue
         for old, newp in zip(olds, self.level_params(l)):
@@ -186,24 +273,40 @@ def grow(self:SplatRegistry, l:int, new_capacity:int|None=None):
 def register(self:SplatRegistry, level:int, head:int,
               mu:Tensor, # centre `[d]`
               log_sigma:Tensor|float, # log-scales `[d]` (or one value for all dims)
-              log_amp:float=0.0, # log-amplitude
-              parent:int=-1, # id of the parent splat at level+1 (-1: none)
+              log_amp:float|None=0.0, # log-amplitude (None: the mean of the level's live splats in this head)
+              parent:int=-1, # id of the parent splat: a live splat of level+1 in the same head (-1: none)
+              u:Tensor|None=None, # low-rank covariance factor `[d r]` (default zeros)
              )->int: # the new splat's id
     "Add a splat in a free slot (growing the level if needed) and return its id."
     if not 0 <= level < self.n_levels: raise SplatError(f"level {level} out of range [0, {self.n_levels})")
     if not 0 <= head < self.cfg.n_heads: raise SplatError(f"head {head} out of range [0, {self.cfg.n_heads})")
     mu = torch.as_tensor(mu, dtype=self.mu[level].dtype)
     if mu.shape != (self.cfg.head_dim,): raise SplatError(f"mu must have shape ({self.cfg.head_dim},), got {tuple(mu.shape)}")
-    ls = torch.as_tensor(log_sigma, dtype=mu.dtype).expand(self.cfg.head_dim)
+    ls = torch.as_tensor(log_sigma, dtype=mu.dtype)
+    if ls.shape not in ((), (self.cfg.head_dim,)): raise SplatError(f"log_sigma must be a number or have shape ({self.cfg.head_dim},), got {tuple(ls.shape)}")
+    ls = ls.expand(self.cfg.head_dim)
     if not (torch.isfinite(mu).all() and torch.isfinite(ls).all()): raise SplatError("mu and log_sigma must be finite")
-    free = (~self.buf("alive", level)[head]).nonzero()
+    if u is not None:
+        u = torch.as_tensor(u, dtype=mu.dtype)
+        if u.shape != (self.cfg.head_dim, self.cfg.rank) or not torch.isfinite(u).all(): raise SplatError(f"u must be finite with shape ({self.cfg.head_dim}, {self.cfg.rank}), got {tuple(u.shape)}")
+    alive = self.buf("alive", level)[head]
+    if log_amp is None: log_amp = float(self.log_amp[level][head][alive].mean()) if alive.any() else 0.0
+    if not math.isfinite(float(log_amp)): raise SplatError(f"log_amp must be finite, got {log_amp}")
+    if parent != -1 and (self._where(parent)[:2] != (level + 1, head)): raise SplatError(f"parent {parent} must be a live splat of level {level + 1}, head {head} (or -1)")
+    free = (~alive).nonzero()
     if not len(free): self.grow(level); free = (~self.buf("alive", level)[head]).nonzero()
     s, sid = int(free[0, 0]), int(self.next_id)
     self.mu[level][head, s] = mu; self.log_sigma[level][head, s] = ls; self.log_amp[level][head, s] = float(log_amp)
-    if self.cfg.rank: self.u[level][head, s] = 0
+    if self.cfg.rank: self.u[level][head, s] = 0 if u is None else u
     self.buf("alive", level)[head, s] = True; self.buf("ids", level)[head, s] = sid; self.buf("parent", level)[head, s] = parent
-    self.next_id += 1; self._reset_state(level, head, s)
+    self.next_id += 1; self._reset_state(level, head, s); self._touch()
     return sid
+
+@patch
+def _where(self:SplatRegistry, sid:int)->tuple:
+    "`lookup`, but (-1, -1, -1) for an unknown id."
+    try: return self.lookup(sid)
+    except SplatError: return (-1, -1, -1)
 
 @patch
 @torch.no_grad()
@@ -213,6 +316,27 @@ def unregister(self:SplatRegistry, sid:int):
     self.buf("alive", l)[h, s] = False; self.buf("ids", l)[h, s] = -1
     par = self.buf("parent", l - 1) if l > 0 else None
     if par is not None: par[par == sid] = -1  # children lose their parent
+    self._touch()
+
+@patch
+@torch.no_grad()
+def _children(self:SplatRegistry, l:int, h:int, ids:list)->Tensor:
+    "Slots at level `l−1`, head `h`, of the live children of the splats `ids`."
+    if l == 0: return torch.zeros(0, dtype=torch.long)
+    par, alive = self.buf("parent", l - 1)[h], self.buf("alive", l - 1)[h]
+    return (alive & torch.isin(par, torch.tensor(ids, device=par.device))).nonzero()[:, 0]
+
+@patch
+@torch.no_grad()
+def _reparent(self:SplatRegistry, l:int, h:int, kids:Tensor, new:list):
+    "The children in slots `kids` (level `l−1`) get the nearest of the level-`l` splats `new` as their parent."
+    if l == 0 or not len(kids) or not new: return
+    par = self.buf("parent", l - 1)[h]
+    slots = [self.lookup(i)[2] for i in new]
+    mu, inv = self.mu[l][h, slots].detach(), torch.exp(-2 * self.log_sigma[l][h, slots].detach())
+    x = self.mu[l - 1][h, kids].detach()
+    d2 = (x.pow(2) @ inv.T) - 2 * x @ (mu * inv).T + (mu.pow(2) * inv).sum(-1)
+    par[kids] = torch.tensor(new, device=par.device)[d2.argmin(1)]
 
 # %% ../../nbs/hsa/10_splats.ipynb #d357e6a4
 @patch
@@ -221,7 +345,7 @@ def split(self:SplatRegistry, sid:int,
            axis:Tensor, # direction to split along `[d]` (normalized here)
            t:float=0.8, # displacement in units of the splat's scale along `axis` (< 1 keeps variances positive)
           )->tuple: # ids of the two children
-    "Mitosis: replace a splat by two children at `μ ± δ` that keep its mean and covariance."
+    "Mitosis: replace a splat by two children at `μ ± δ` that keep its mean and covariance diagonal."
     l, h, s = self.lookup(sid)
     a = torch.as_tensor(axis, dtype=self.mu[l].dtype)
     if a.shape != (self.cfg.head_dim,) or not torch.isfinite(a).all() or a.norm() == 0: raise SplatError(f"axis must be a finite non-zero vector of shape ({self.cfg.head_dim},)")
@@ -229,8 +353,10 @@ def split(self:SplatRegistry, sid:int,
     delta = t * (a.pow(2) @ var).sqrt() * a
     child_ls = 0.5 * torch.log((var - delta.pow(2)).clamp_min(0.05 * var))
     la, parent = float(self.log_amp[l][h, s]) - math.log(2), int(self.buf("parent", l)[h, s])
-    self.unregister(sid)
-    return tuple(self.register(l, h, mu + sgn * delta, child_ls, la, parent) for sgn in (1, -1))
+    u = self.u[l][h, s].clone() if self.cfg.rank else None
+    kids = self._children(l, h, [sid]); self.unregister(sid)
+    new = [self.register(l, h, mu + sgn * delta, child_ls, la, parent, u) for sgn in (1, -1)]
+    self._reparent(l, h, kids, new); return tuple(new)
 
 @patch
 @torch.no_grad()
@@ -238,9 +364,11 @@ def merge(self:SplatRegistry, id_a:int, id_b:int)->int:
     "Replace two splats of the same level and head by their moment-matched combination; return its id."
     (la, ha, sa), (lb, hb, sb) = self.lookup(id_a), self.lookup(id_b)
     if (la, ha) != (lb, hb) or id_a == id_b: raise SplatError(f"can only merge two different splats of one level and head; got {id_a} at {(la, ha)}, {id_b} at {(lb, hb)}")
-    amp = torch.stack([self.log_amp[la][ha, sa], self.log_amp[la][ha, sb]]).exp(); pi = amp / amp.sum()
+    lam = torch.stack([self.log_amp[la][ha, sa], self.log_amp[la][ha, sb]]); pi = torch.softmax(lam, 0)   # in log space: no overflow
     mus = torch.stack([self.mu[la][ha, sa], self.mu[la][ha, sb]]); vars_ = (2 * torch.stack([self.log_sigma[la][ha, sa], self.log_sigma[la][ha, sb]])).exp()
+    if self.cfg.rank: vars_ = vars_ + torch.stack([self.u[la][ha, sa], self.u[la][ha, sb]]).pow(2).sum(-1)
     mu = pi @ mus; var = pi @ (vars_ + (mus - mu).pow(2))
-    parent = int(self.buf("parent", la)[ha, sa])
-    self.unregister(id_a); self.unregister(id_b)
-    return self.register(la, ha, mu, 0.5 * var.log(), float(amp.sum().log()), parent)
+    parent = int(self.buf("parent", la)[ha, sa if lam[0] >= lam[1] else sb])
+    kids = self._children(la, ha, [id_a, id_b]); self.unregister(id_a); self.unregister(id_b)
+    new = self.register(la, ha, mu, 0.5 * var.log(), float(torch.logsumexp(lam, 0)), parent)
+    self._reparent(la, ha, kids, [new]); return new

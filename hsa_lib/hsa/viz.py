@@ -52,7 +52,7 @@ def snapshot(registry:SplatRegistry, # the splats of one attention layer
     if isinstance(step, bool) or not isinstance(step, int) or step < 0: raise VizError(f"step must be a non-negative int, got {step!r}")
     cfg, names = registry.cfg, registry.hierarchy.names
     with torch.no_grad(): lw = torch.log_softmax(registry.hierarchy.level_logits, 0).tolist()
-    levels = [dict(level=l, name=f"L{l}", log_weight=round(lw[names.index(f"L{l}")], 6),
+    levels = [dict(level=l, name=f"L{l}", log_weight=round(lw[names.index(f"L{l}")], 6), offset=[round(float(o), 6) for o in registry.level_offset[l]],
                    heads=[_head_record(registry, l, h, digits) for h in range(cfg.n_heads)]) for l in range(registry.n_levels)]
     return dict(step=step, n_heads=cfg.n_heads, head_dim=cfg.head_dim, rank=cfg.rank, local_window=cfg.local_window,
                 local_log_weight=round(lw[0], 6) if "local" in names else None, counts=registry.counts().tolist(), levels=levels)
@@ -76,7 +76,7 @@ def snapshot_splats(snap:dict)->dict:
         for h, hd in enumerate(lev["heads"]):
             if not (n := len(hd["ids"])): continue
             mu[h, :n], ls[h, :n] = torch.tensor(hd["mu"]), torch.tensor(hd["sigma"]).log()
-            lc[h, :n] = torch.tensor(hd["amplitude"]).log() + lev["log_weight"]
+            lc[h, :n] = torch.tensor(hd["amplitude"]).log() + lev["log_weight"] + lev.get("offset", [0.0] * H)[h]
             if r: u[h, :n] = torch.tensor(hd["u"])
         parts.append((mu, ls, lc, u, torch.full((k,), lev["level"])))
     mu, ls, lc, u, level = (torch.cat(t, 1 if i < 4 else 0) for i, t in enumerate(zip(*parts)))
