@@ -35,7 +35,7 @@ setuptools.setup(
     url = cfg['git_url'],
     packages = setuptools.find_namespace_packages(include=['hsa_lib', 'hsa_lib.*']),
     include_package_data = True,
-    package_data = {'hsa_lib.assets.corpus': ['*.txt']},
+    package_data = {'hsa_lib': ['assets/corpus/*.txt', 'assets/lsm/*.jsonl', 'assets/lenses/concepts/*/*.json', 'assets/lenses/concepts/*/prompts/*.json']},
     install_requires = requirements,
     extras_require = {'dev': dev_extras},
     dependency_links = cfg.get('dep_links','').split(),

@@ -167,3 +167,7 @@ def run_cli(argv:list|None=None)->Report:
 def main(argv:list|None=None)->int:
     "Entry point of the `hsa-bench` console script (exit status 0 on success)."
     run_cli(argv); return 0
+
+# %% ../nbs/03_bench.ipynb #5cfa54be
+#| eval: false
+if __name__ == "__main__": sys.exit(main())  # `python -m hsa_lib.bench <subsystem>` works like `hsa-bench`

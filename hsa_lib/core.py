@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #3b692df3
 from __future__ import annotations
-import os, json, random, logging, hashlib, tempfile, contextlib, dataclasses, typing
+import os, json, random, logging, hashlib, shutil, tempfile, contextlib, dataclasses, typing
 from pathlib import Path
 import numpy as np
 import torch
@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['HsaLibError', 'CorruptFileError', 'ConfigError', 'DeviceUnavailableError', 'set_seed', 'default_device',
-           'resolve_dtype', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'read_json', 'sha256_file',
-           'Config', 'cache_dir', 'hub_offline', 'progress', 'get_logger', 'setup_logging', 'use_plotly_renderer']
+           'resolve_dtype', 'atomic_write', 'atomic_write_text', 'atomic_write_json', 'read_json', 'replace_dir',
+           'sha256_file', 'Config', 'cache_dir', 'hub_offline', 'progress', 'get_logger', 'setup_logging',
+           'use_plotly_renderer']
 
 # %% ../nbs/00_core.ipynb #0e9c74ce
 class HsaLibError(Exception):
@@ -102,6 +103,18 @@ def read_json(path:str|Path):
     path = Path(path)
     try: return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e: raise CorruptFileError(f"{path} is not valid JSON: {e}") from e
+
+# %% ../nbs/00_core.ipynb #a5dc990d
+def replace_dir(src:str|Path, # a finished folder, usually a temporary one beside `dst` (same file system)
+                dst:str|Path, # the folder to create or replace
+               )->Path:
+    "Move the finished folder `src` to `dst`, replacing an existing `dst` by renames (old kept aside until the new one is in place)."
+    src, dst = Path(src), Path(dst)
+    old = dst.with_name(f".{dst.name}.old") if dst.exists() else None
+    if old: shutil.rmtree(old, ignore_errors=True); os.replace(dst, old)
+    os.replace(src, dst)
+    if old: shutil.rmtree(old, ignore_errors=True)
+    return dst
 
 # %% ../nbs/00_core.ipynb #bd4d4ed2
 def sha256_file(path:str|Path, chunk:int=1<<20)->str:

@@ -157,10 +157,13 @@ def skip_reason(cell:dict, # a notebook cell
 
 # %% ../../nbs/apps/90_docs.ipynb #c8e0e7ac
 def kernel_env(root:Path|str, # project root, put first on the kernel's PYTHONPATH
+               threads:int|None=None, # CPU threads per kernel (sets `OMP_NUM_THREADS` unless the caller set it); None: leave as is
               )->dict:
-    "Environment for notebook kernels: this one, with the project importable and debugger warnings off."
+    "Environment for notebook kernels: this one, with the project importable, debugger warnings off, and no thread oversubscription."
     pp = os.pathsep.join(p for p in [str(root), os.environ.get('PYTHONPATH', '')] if p)
-    return {**os.environ, 'PYTHONPATH': pp, 'PYDEVD_DISABLE_FILE_VALIDATION': '1'}
+    env = {**os.environ, 'PYTHONPATH': pp, 'PYDEVD_DISABLE_FILE_VALIDATION': '1'}
+    if threads and 'OMP_NUM_THREADS' not in os.environ: env['OMP_NUM_THREADS'] = str(threads)  # parallel kernels x torch's default threads thrash the CPUs
+    return env
 
 def _failure(nb, i:int|None, err:Exception)->str:
     "Describe the cell `i` of `nb` that raised `err`."
@@ -204,10 +207,10 @@ def process_notebook(src:Path|str, # a notebook (executed or not)
 
 def _prepare(job:tuple)->tuple[str, float]:
     "Worker process: execute (unless told not to) and nbdev-process one notebook; return its path and seconds taken."
-    src, exe, dst, root, execute, timeout, flags = job
+    src, exe, dst, root, execute, timeout, flags, threads = job
     t0 = time.time()
     os.chdir(root)  # nbdev finds settings.ini from the working folder
-    run = execute_notebook(src, exe, timeout, flags, env=kernel_env(root)) if execute else src
+    run = execute_notebook(src, exe, timeout, flags, env=kernel_env(root, threads)) if execute else src
     try: process_notebook(run, dst)
     except Exception as e: raise DocsBuildError(f'{src}: nbdev docs processing failed: {e}') from None
     return str(dst), time.time() - t0
@@ -224,7 +227,8 @@ def prepare_notebooks(nbs:Path, # the notebooks folder
                      )->dict: # {rel: processed notebook path}
     "Execute and nbdev-process notebooks in parallel; the first failure stops the build, naming the notebook."
     n = max(1, min(n_workers or min(4, os.cpu_count() or 1), len(rels)))
-    jobs = {r: (nbs/r, work/'exec'/r, work/'proc'/r, root, execute, timeout, tuple(flags)) for r in rels}
+    threads = max(1, (os.cpu_count() or 1) // n)                     # each kernel gets its share of the CPUs
+    jobs = {r: (nbs/r, work/'exec'/r, work/'proc'/r, root, execute, timeout, tuple(flags), threads) for r in rels}
     done = {}
     with ProcessPoolExecutor(n, mp_context=multiprocessing.get_context('spawn')) as ex:
         futs = {ex.submit(_prepare, j): r for r, j in jobs.items()}
