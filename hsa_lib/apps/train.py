@@ -4,7 +4,7 @@
 
 # %% ../../nbs/apps/92_train.ipynb #c003
 from __future__ import annotations
-import argparse, dataclasses, json, math, os, sys, time
+import argparse, contextlib, dataclasses, json, math, os, signal, sys, threading, time
 from pathlib import Path
 import torch, torch.nn.functional as F
 from ..core import Config, ConfigError, HsaLibError, set_seed, get_logger, progress, atomic_write_json, atomic_write_text, read_json
@@ -15,8 +15,8 @@ from ..hsa.integration import HSAConfig, attach_hsa
 
 # %% auto #0
 __all__ = ['log', 'VARIANTS', 'PRESETS', 'TrainConfig', 'token_streams', 'build_model', 'evaluate', 'save_checkpoint',
-           'load_checkpoint', 'dist_setup', 'sync_grads', 'train_variant', 'run', 'plot_curves', 'load_config_file',
-           'main']
+           'load_checkpoint', 'dist_setup', 'sync_grads', 'stop_at_step_boundary', 'train_variant', 'run',
+           'plot_curves', 'load_config_file', 'main']
 
 # %% ../../nbs/apps/92_train.ipynb #c006
 log = get_logger(__name__)
@@ -117,6 +117,16 @@ def sync_grads(model, loss:torch.Tensor, world:int)->float:
     for g in gs: g.copy_(flat[i:i + g.numel()].view_as(g)); i += g.numel()
     return float(flat[-1])
 
+# %% ../../nbs/apps/92_train.ipynb #414487b7
+@contextlib.contextmanager
+def stop_at_step_boundary():
+    "Within the block, SIGINT sets a flag (read by calling the yielded function) instead of interrupting; outside the main thread, a no-op."
+    hit = []
+    if threading.current_thread() is not threading.main_thread(): yield lambda: False; return
+    prev = signal.signal(signal.SIGINT, lambda *_: hit.append(1))
+    try: yield lambda: bool(hit)
+    finally: signal.signal(signal.SIGINT, prev)
+
 # %% ../../nbs/apps/92_train.ipynb #c016
 def train_variant(cfg:TrainConfig, variant:str, out:Path, data:tuple, resume:bool=False)->dict:
     "Train one variant; log JSONL metrics to `out/variant/metrics.jsonl`; return its summary."
@@ -127,17 +137,16 @@ def train_variant(cfg:TrainConfig, variant:str, out:Path, data:tuple, resume:boo
     if resume and (ck/"state.json").exists(): step = load_checkpoint(ck, model, opt, sched, cfg); log.info("%s: resumed at step %d", variant, step)
     g = torch.Generator().manual_seed(cfg.seed + 7919 * rank); [sample_windows(train, cfg.batch_size, cfg.seq_len, g) for _ in range(step)]
     mode = "a" if step else "w"; t0 = time.perf_counter(); loss = None; start = step
-    with open(d/"metrics.jsonl" if rank == 0 else os.devnull, mode) as f:
-        try:
-            for step in progress(range(step, cfg.steps), desc=f"train {variant}", initial=step, total=cfg.steps, disable=rank > 0):
-                b = sample_windows(train, cfg.batch_size, cfg.seq_len, g)
-                loss = F.cross_entropy(model(b[:, :-1]).logits.flatten(0, 1), b[:, 1:].flatten())
-                opt.zero_grad(); loss.backward(); lv = sync_grads(model, loss, world); clip_grad(model, 1.0); opt.step(); sched.step()
-                f.write(json.dumps(dict(variant=variant, step=step + 1, loss=lv, lr=sched.get_last_lr()[0])) + "\n"); f.flush()
-                if rank == 0 and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0: save_checkpoint(ck, model, opt, sched, step + 1, cfg)
-        except KeyboardInterrupt:
-            if rank == 0: save_checkpoint(ck, model, opt, sched, step, cfg)
-            log.warning("interrupted: checkpoint at step %d in %s; rerun with --resume", step, ck); raise
+    with open(d/"metrics.jsonl" if rank == 0 else os.devnull, mode) as f, stop_at_step_boundary() as stop:
+        for step in progress(range(step, cfg.steps), desc=f"train {variant}", initial=step, total=cfg.steps, disable=rank > 0):
+            b = sample_windows(train, cfg.batch_size, cfg.seq_len, g)
+            loss = F.cross_entropy(model(b[:, :-1]).logits.flatten(0, 1), b[:, 1:].flatten())
+            opt.zero_grad(); loss.backward(); lv = sync_grads(model, loss, world); clip_grad(model, 1.0); opt.step(); sched.step()
+            f.write(json.dumps(dict(variant=variant, step=step + 1, loss=lv, lr=sched.get_last_lr()[0])) + "\n"); f.flush()
+            if rank == 0 and cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0: save_checkpoint(ck, model, opt, sched, step + 1, cfg)
+            if stop():                                                   # Ctrl-C: the step is complete, so the checkpoint is exact
+                if rank == 0: save_checkpoint(ck, model, opt, sched, step + 1, cfg)
+                log.warning("interrupted: checkpoint at step %d in %s; rerun with --resume", step + 1, ck); raise KeyboardInterrupt
         ppl = evaluate(model, val, cfg)
         f.write(json.dumps(dict(variant=variant, step=cfg.steps, val_ppl=ppl)) + "\n")
     if rank == 0: save_checkpoint(ck, model, opt, sched, cfg.steps, cfg)
