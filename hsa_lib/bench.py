@@ -170,4 +170,6 @@ def main(argv:list|None=None)->int:
 
 # %% ../nbs/03_bench.ipynb #5cfa54be
 #| eval: false
-if __name__ == "__main__": sys.exit(main())  # `python -m hsa_lib.bench <subsystem>` works like `hsa-bench`
+if __name__ == "__main__":                            # `python -m hsa_lib.bench <subsystem>` works like `hsa-bench`:
+    from hsa_lib.bench import main as _main          # run the imported module, whose registry the subsystems fill (not this __main__ copy)
+    sys.exit(_main())

@@ -17,3 +17,9 @@ def test_hsa_bench_unknown_subsystem(tmp_path):
     r = run([tool("hsa-bench"), "warp-drive"], check=False)
     assert r.returncode == 2 and "unknown subsystem 'warp-drive'; registered: core" in r.stderr
     assert not (tmp_path/"out.json").exists()
+
+def test_python_m_sees_every_subsystem():
+    "`python -m hsa_lib.bench` runs the imported module, so the subsystems it discovers are the ones it looks up."
+    import sys
+    r = run([sys.executable, "-m", "hsa_lib.bench", "warp-drive"], check=False)
+    assert r.returncode == 2 and all(s in r.stderr for s in ("hsa-models", "htfr", "lenses", "lsm", "neat-memory"))

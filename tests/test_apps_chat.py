@@ -28,6 +28,12 @@ def test_hybrid_session_commands_and_splats(smol, tmp_path):
     text = out.getvalue()
     assert "assistant> " in text and "layer 0 head 0: splat" in text and "unknown command '/bogus'" in text and "[conversation cleared]" in text
     assert s.messages == []
+    layers = hsa_layers(m).values()
+    assert not any(l.record for l in layers)                                        # recording is on only during a reply
+    u = next(iter(layers)).last_usage; assert u is not None and torch.isfinite(u).all() and (u >= 0).all()
+    mon = s.monitor(max_layers=3)
+    assert [r["layer"] for r in mon] == [0, 1, 2] and all(r["problems"] == [] and 0 <= r["heads_on"] <= r["heads"] for r in mon)
+    assert all(r["effective"] is not None and len(r["effective"]) == r["heads"] for r in mon)
     save_calibration(m, tmp_path/"smol", "smollm2-135m-instruct")
     detach_hsa(m); setup_attention(m, tok, "hybrid", splats=str(tmp_path/"smol"))
     assert len(hsa_layers(m)) == m.config.num_hidden_layers

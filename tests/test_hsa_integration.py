@@ -4,7 +4,7 @@ from hypothesis import given, settings, strategies as st
 from hsa_lib.models import tiny_model, load_model
 from hsa_lib.hsa.integration import HSAConfig, attach_hsa, detach_hsa, hsa_layers, hooks_manager, IntegrationError, attention_modules
 from hsa_lib.hsa.calibration import calibrate, save_calibration, load_calibration, CalibrationError
-from hsa_lib.hsa.decoding import HSACache
+from hsa_lib.hsa.decoding import HSACache, cache_kw
 
 def logits(m, ids, **kw):
     with torch.no_grad(): return m(ids, **kw).logits
@@ -47,7 +47,7 @@ def test_cache_steps_equal_full_forward(W, S, split, kv):
     m = attach_hsa(tiny_model("llama", n_heads=4, n_kv_heads=kv), HSAConfig(level_sizes=(3, 2), local_window=W, sink_tokens=S))
     ids = torch.randint(0, 1024, (1, 8), generator=torch.Generator().manual_seed(split))
     full = logits(m, ids); c = HSACache(m)
-    parts = [logits(m, ids[:, :split], past_key_values=c, use_cache=True)] + [logits(m, ids[:, i:i + 1], past_key_values=c, use_cache=True) for i in range(split, 8)]
+    parts = [logits(m, ids[:, :split], **cache_kw(m, c), use_cache=True)] + [logits(m, ids[:, i:i + 1], **cache_kw(m, c), use_cache=True) for i in range(split, 8)]
     assert torch.allclose(torch.cat(parts, 1), full, atol=1e-4)
 
 def test_calibration_files(tmp_path):
@@ -76,7 +76,7 @@ def test_smollm2_hybrid(smol):
         assert len(hsa_layers(m)) == 3
         h = logits(m, ids); assert torch.isfinite(h).all()
         with torch.no_grad():
-            a = m.generate(ids, max_new_tokens=4, do_sample=False, past_key_values=HSACache(m), pad_token_id=tok.eos_token_id)
+            a = m.generate(ids, max_new_tokens=4, do_sample=False, **cache_kw(m, HSACache(m)), pad_token_id=tok.eos_token_id)
             b = m.generate(ids, max_new_tokens=4, do_sample=False, use_cache=False, pad_token_id=tok.eos_token_id)
         assert torch.equal(a, b)
         m.set_attn_implementation("sdpa"); assert torch.equal(logits(m, ids), ref)
@@ -112,3 +112,60 @@ def test_decode_step_equals_general_path(W, S, n0):
                 kk, vv = cl.update(k[:, :, a:b], v[:, :, a:b])
                 outs.append(cl.attend(L, q[:, :, a:b], kk, vv, torch.ones(2, kk.shape[2], dtype=torch.bool) if masked else None, None))
             assert torch.allclose(torch.cat(outs, 2), want, atol=1e-5)
+
+@pytest.mark.parametrize("W,S,pad", [(5, 0, 2), (5, 2, 2), (0, 2, 1), (3, 1, 4), (6, 3, 0)])
+def test_left_padded_cache_equals_full_forward(W, S, pad):
+    "Batched decoding with left padding shorter than the window: the cached window and sinks mask the padded keys as a full forward does."
+    m = attach_hsa(tiny_model("llama", n_heads=4, n_kv_heads=2), HSAConfig(level_sizes=(3, 2), local_window=W, sink_tokens=S))
+    ids = torch.randint(0, 1024, (2, 10), generator=torch.Generator().manual_seed(W + S + pad))
+    mask = torch.ones(2, 10, dtype=torch.long); mask[0, :pad] = 0
+    full = logits(m, ids, attention_mask=mask); c = HSACache(m)
+    parts = [logits(m, ids[:, :4], attention_mask=mask[:, :4], **cache_kw(m, c), use_cache=True)]
+    parts += [logits(m, ids[:, i:i + 1], attention_mask=mask[:, :i + 1], **cache_kw(m, c), use_cache=True) for i in range(4, 10)]
+    real = mask.bool()
+    assert torch.allclose(torch.cat(parts, 1)[real], full[real], atol=1e-4)
+
+def test_level_shift_never_worse_than_window_alone():
+    "The per-head share search keeps a head's splats only where they beat the window + sinks alone on the captured tokens."
+    from hsa_lib.hsa.calibration import fit_level_shift, map_states, SPLATS_OFF
+    m = attach_hsa(tiny_model("llama", n_heads=4, n_kv_heads=2), HSAConfig(level_sizes=(6, 3), local_window=4, sink_tokens=1))
+    with hooks_manager(m, [1]) as cap, torch.no_grad(): m(torch.randint(0, 1024, (2, 40), generator=torch.Generator().manual_seed(3)))
+    L, rec = hsa_layers(m)[1], cap.qkv[1][0]; map_states(L, rec["q"], rec["k"])
+    base = L.registry.level_offset.clone(); shift, err = fit_level_shift(L, rec)
+    assert torch.allclose(L.registry.level_offset, base + shift[None])
+    L.registry.level_offset.copy_(base); _, off = fit_level_shift(L, rec, grid=())
+    assert (err <= off + 1e-6).all() and torch.equal(L.registry.level_offset, base + SPLATS_OFF)
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_finetune_lora_merges_and_moves_toward_dense(arch):
+    from hsa_lib.hsa.calibration import finetune
+    m = tiny_model(arch, n_heads=4); data = [torch.randint(0, 1024, (2, 24), generator=torch.Generator().manual_seed(s)) for s in range(2)]
+    calibrate(m, data, HSAConfig(level_sizes=(4, 2), local_window=4, sink_tokens=1), steps=3)
+    before = {n: p.detach().clone() for n, p in m.named_parameters() if "hsa" not in n}
+    kl = finetune(m, data, steps=10, lora_rank=2, lora_lr=1e-2)
+    assert all(map(torch.isfinite, map(torch.tensor, kl))) and min(kl[-3:]) < kl[0]
+    after = dict(m.named_parameters())
+    assert set(before) == {n for n in after if "hsa" not in n}                       # merged: no LoRA parameters left, same names
+    assert any(not torch.equal(before[n], after[n]) for n in before) and not any(p.requires_grad is False for p in m.parameters())
+    m.set_attn_implementation("sdpa"); assert torch.isfinite(logits(m, data[0])).all()
+
+def test_finetune_bad_input():
+    from hsa_lib.hsa.calibration import finetune
+    with pytest.raises(CalibrationError, match="no HSA layers"): finetune(tiny_model("llama"), [torch.zeros(1, 4, dtype=torch.long)])
+    m = attach_hsa(tiny_model("llama"), HSAConfig(level_sizes=(2,)))
+    with pytest.raises(CalibrationError, match="none of the LoRA targets"): finetune(m, [torch.zeros(1, 4, dtype=torch.long)], lora_rank=2, lora_targets=("nope",))
+
+def test_finetuned_calibration_round_trip(tmp_path):
+    "Splats and the LoRA-merged weights go to disk together and come back bit-identical; a weights file of another shape is refused."
+    from hsa_lib.hsa.calibration import finetune
+    m = tiny_model("llama", n_heads=4, n_kv_heads=2); data = [torch.randint(0, 1024, (2, 16), generator=torch.Generator().manual_seed(5))]
+    calibrate(m, data, HSAConfig(level_sizes=(4, 2), local_window=4), steps=2); finetune(m, data, steps=3, lora_rank=2, lora_lr=1e-2)
+    assert m.hsa_tuned_modules and all(n.endswith(("q_proj", "v_proj")) for n in m.hsa_tuned_modules)
+    save_calibration(m, tmp_path/"ft", "tiny"); ids = torch.randint(0, 1024, (1, 9))
+    other = load_calibration(tiny_model("llama", n_heads=4, n_kv_heads=2), tmp_path/"ft")
+    assert torch.equal(logits(other, ids), logits(m, ids))
+    import safetensors.torch as sf
+    w = sf.load_file(tmp_path/"ft.weights.safetensors"); k = next(iter(w)); w[k] = w[k][:-1]; sf.save_file(w, tmp_path/"ft.weights.safetensors")
+    fresh = tiny_model("llama", n_heads=4, n_kv_heads=2); ref = logits(fresh, ids)
+    with pytest.raises(CalibrationError, match="does not fit this model's modules"): load_calibration(fresh, tmp_path/"ft")
+    assert torch.equal(logits(fresh, ids), ref) and not hsa_layers(fresh)          # nothing half-loaded

@@ -3,7 +3,7 @@ import pytest, torch
 from hypothesis import given, settings, strategies as st
 from hsa_lib.core import HsaLibError
 from hsa_lib.htfr.hypertensor import HyperTensorStack, interp_weights
-from hsa_lib.htfr.field import HTFR, LowRankIndex, OnlineFieldUpdate, topk_exact, recall_at_k, place_through
+from hsa_lib.htfr.field import HTFR, PrefilterIndex, OnlineFieldUpdate, topk_exact, recall_at_k, place_through
 from hsa_lib.htfr.adapt import UsageStats, HighLossQueue, relocate, random_init, kmeans_init, kmeans
 from hsa_lib.htfr.diagnostics import projection_fidelity, coverage, r2_linear, toy_field, toy_field_figure, toy_field_widget
 from hsa_lib.htfr.sketch import SRHT
@@ -46,15 +46,52 @@ def test_bad_field_inputs():
     with pytest.raises(ValueError, match="interpolation"): HyperTensorStack(3, 2, 1, interp="cubic")
     with pytest.raises(ValueError, match="K must be"): topk_exact(torch.randn(1, 4), torch.randn(3, 4), torch.zeros(3), 4)
 
-def test_index_recall_and_incremental_refresh():
-    torch.manual_seed(0)
-    U = torch.linalg.qr(torch.randn(128, 8)).Q; x = torch.randn(300, 8) @ U.T * 4 + 0.02 * torch.randn(300, 128)
-    f = HTFR(128, 1, n=3000, k=4); random_init(f.stack, x[:200])
-    f.index = LowRankIndex(f.stack, x[:200], rank=16)
-    ie, _ = topk_exact(x[200:], f.stack.unit_normals(), f.stack.offset, 4)
-    assert recall_at_k(f.select(x[200:])[0], ie) > 0.9
-    rows = torch.arange(5); f.stack.normal.data[rows] = torch.randn(5, 128); f.index.refresh(rows)
-    torch.testing.assert_close(f.index.proj, LowRankIndex(f.stack, x[:200], rank=16).proj, atol=1e-4, rtol=1e-4)
+def _subspace_data(seed=0, d=128, r=8, n=300):
+    g = torch.Generator().manual_seed(seed); U = torch.linalg.qr(torch.randn(d, r, generator=g)).Q
+    return U, torch.randn(n, r, generator=g) @ U.T * 4 + 0.02 * torch.randn(n, d, generator=g)
+
+def test_index_matches_exact_on_a_known_fixture_and_prunes():
+    U, x = _subspace_data(); f = HTFR(128, 1, n=3000, k=4); random_init(f.stack, x[:200], span=U)
+    f.index = PrefilterIndex(f.stack, x[:200], rank=16)
+    ie, re_ = topk_exact(x[200:216], f.stack.unit_normals(), f.stack.offset, 4); ia, ra = f.select(x[200:216])
+    assert recall_at_k(ia, ie) == 1.0 and f.index.last["path"] != "exact" and f.index.last["candidates_per_query"] < 100
+    torch.testing.assert_close(ra, re_, atol=1e-4, rtol=1e-4)
+    f.index = None; torch.testing.assert_close(f.select(x[200:216])[1], re_)
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(5, 300), k=st.integers(1, 5), r=st.integers(1, 12), noise=st.sampled_from([0.0, 1e-3, 0.1, 1.0]),
+       aligned=st.booleans(), seed=st.integers(0, 10_000))
+def test_certified_index_returns_the_exact_top_k(n, k, r, noise, aligned, seed):
+    g = torch.Generator().manual_seed(seed); U = torch.linalg.qr(torch.randn(24, 4, generator=g)).Q
+    x = torch.randn(40, 4, generator=g) @ U.T + noise * torch.randn(40, 24, generator=g)
+    s = HyperTensorStack(n, 24, 1, seed=seed); random_init(s, x[:20], span=U if aligned else None, seed=seed)
+    ix = PrefilterIndex(s, x[:20], rank=r)
+    _, ra = ix.search(x[20:], k); _, re_ = topk_exact(x[20:], s.unit_normals(), s.offset, k)
+    torch.testing.assert_close(ra, re_, atol=1e-4, rtol=1e-4)
+
+def test_index_stays_current_incrementally_under_relocation():
+    U, x = _subspace_data(1); f = HTFR(128, 1, n=2000, k=4, tau=0.3); random_init(f.stack, x[:200], span=U)
+    f.index = PrefilterIndex(f.stack, x[:200], rank=16); before = f.index.unit.clone()
+    stats, q = UsageStats(2000), HighLossQueue(20, 128, 1)
+    q.push(x[200:220], torch.zeros(20, 1), torch.arange(20.)); stats.usage[:] = 1; stats.usage[:7] = 0
+    assert relocate(f, stats, q, threshold=0.5, max_moves=7)["moved"] == 7
+    changed = (f.index.unit - before).abs().sum(1) > 0
+    assert changed[:7].all() and not changed[7:].any()  # only the moved rows were refreshed
+    fresh = PrefilterIndex(f.stack, x[:200], rank=16)
+    for a in ("unit", "proj", "resid"): torch.testing.assert_close(getattr(f.index, a), getattr(fresh, a), atol=1e-5, rtol=1e-5)
+    assert f.index.resid[:7].min() > 0.5  # relocated with Gaussian normals: out of the basis, bound loosened, still exact
+    ie, re_ = topk_exact(x[220:], f.stack.unit_normals(), f.stack.offset, 4); ia, ra = f.select(x[220:])
+    torch.testing.assert_close(ra, re_, atol=1e-4, rtol=1e-4)
+
+def test_bad_index_inputs():
+    U, x = _subspace_data(); s = HyperTensorStack(50, 128, 1); ix = PrefilterIndex(s, x[:40])
+    with pytest.raises(HsaLibError, match=r"\[batch, 128\]"): ix.search(torch.randn(2, 127), 3)
+    with pytest.raises(HsaLibError, match="NaN/inf"): ix.search(torch.full((1, 128), float("inf")), 3)
+    with pytest.raises(ValueError, match="K must be"): ix.search(x[:2], 51)
+    with pytest.raises(ValueError, match="z must be"): PrefilterIndex(s, x[:40], z=-1.0)
+    with pytest.raises(ValueError, match="energy"): PrefilterIndex(s, x[:40], energy=0.0)
+    with pytest.raises(HsaLibError): PrefilterIndex(s, torch.randn(10, 64))
+    with pytest.raises(ValueError, match="span must be"): random_init(s, x, span=torch.randn(127, 4))
 
 def test_online_rule_reduces_loss():
     torch.manual_seed(0); x = torch.rand(1000, 2) * 4 - 2; y = torch.sin(x[:, :1]) + x[:, 1:] ** 2 / 4
@@ -85,3 +122,32 @@ def test_diagnostics_and_widget():
     z = torch.randn(50, 3); assert r2_linear(z, z[:, :1] * 2) > 0.999
     assert len(toy_field_figure(f, res=10).data) == 1 + 3 * 10
     w = toy_field_widget(); w.children[0].children[0].value = 6; assert len(w.children[1].outputs) == 1
+
+@settings(max_examples=20, deadline=None)
+@given(n=st.integers(8, 400), k=st.integers(1, 8), d=st.sampled_from([7, 64, 300]), scale=st.sampled_from([1e-3, 1.0, 30.0]), seed=st.integers(0, 10_000))
+def test_fp16_scan_returns_the_fp32_top_k(n, k, d, scale, seed):
+    from hsa_lib.htfr.field import topk_fp16
+    g = torch.Generator().manual_seed(seed); w = (torch.randn(n, d, generator=g) * 2).half()
+    nr = torch.linalg.vector_norm(w, dim=1, dtype=torch.float32); off = torch.randn(n, generator=g) * scale; x = torch.randn(2, d, generator=g) * scale
+    _, r16 = topk_fp16(x, w, off, k, nr)
+    ref = (x.double() @ w.double().T / nr.double() + off.double()).abs().sort(1).values[:, :k]
+    torch.testing.assert_close(r16.double(), ref, atol=1e-5 * (1 + scale), rtol=1e-5)
+
+def test_fp16_gemv_error_is_inside_the_bound():
+    g = torch.Generator().manual_seed(0); w = torch.nn.functional.normalize(torch.randn(3000, 1024, generator=g), dim=1).half()
+    x = torch.randn(1, 1024, generator=g) * 3; x16 = x.half(); raw = (x16 @ w.T).float()
+    bound = (x - x16.float()).norm() + 1024 * 2 ** -24 * x16.float().norm() + 2 ** -10 * raw.abs()
+    assert ((raw.double() - x.double() @ w.double().T).abs() <= bound.double()).all()
+
+def test_fp16_field_selects_like_fp32():
+    f = HTFR(64, 1, n=500, k=5, param_dtype=torch.float16); x = torch.randn(1, 64)
+    i, r = f.select(x); s = f.stack
+    ie, re_ = topk_exact(x, s.unit_normals().detach(), s.offset.detach(), 5)
+    torch.testing.assert_close(r, re_, atol=1e-5, rtol=1e-5)
+
+def test_index_basis_size_follows_the_energy_target():
+    U, x = _subspace_data(2, r=5); s = HyperTensorStack(30, 128, 1)
+    assert PrefilterIndex(s, x[:40], rank=64, energy=0.9).basis.shape[1] <= 5
+    ix = PrefilterIndex(s, x[:10], rank=64, energy=1.0)  # never more directions than the sample has
+    assert ix.basis.shape[1] <= 10 and ix.proj.shape == (30, ix.basis.shape[1])
+    torch.testing.assert_close(ix.search(x[10:14], 3)[1], topk_exact(x[10:14], s.unit_normals(), s.offset, 3)[1], atol=1e-4, rtol=1e-4)

@@ -50,7 +50,7 @@ def test_checkpoint_mismatches_and_corruption(tmp_path):
     with pytest.raises(CorruptFileError): load_checkpoint(tmp_path/"bad.safetensors")
 
 def test_fit_keeps_an_attached_index_current():
-    from hsa_lib.htfr.field import LowRankIndex
-    x, y = _data(); f = HTFR(3, 1, n=32, k=4); random_init(f.stack, x, y); f.index = LowRankIndex(f.stack, x[:100], rank=3)
+    from hsa_lib.htfr.field import PrefilterIndex
+    x, y = _data(); f = HTFR(3, 1, n=32, k=4); random_init(f.stack, x, y); f.index = PrefilterIndex(f.stack, x[:100], rank=3)
     fit(f, x, y, steps=5, batch=32)
     torch.testing.assert_close(f.index.proj, f.stack.unit_normals().detach() @ f.index.basis)

@@ -139,3 +139,15 @@ def test_system_readout_resume_is_exact_and_bad_input(sys_setup, tmp_path):
     with pytest.raises(LSMError, match="no system prompt"): system_turns([{"id": "x", "messages": [{"role": "user", "content": "hi"}]}])
     (tmp_path / "ck" / "system.safetensors").unlink()
     with pytest.raises(CorruptFileError, match="system.safetensors"): load_trainer(tmp_path / "ck")
+
+def test_esn_readout_sees_state_and_input_and_decodes(setup):
+    tok, voc, stream = setup
+    t = LSMTrainer(LSMModel(LSMConfig(vocab_size=len(voc), units=40, embed_dim=8, window=1, readout="linear", include_input=True, head="softmax")), batch_size=16)
+    ids = stream[:30][None]; st = t.model.states(ids)
+    assert st.shape == (1, 30, 48) and torch.equal(st[..., 40:], t.model.embedder(ids))  # [x(t); u(t)]
+    assert torch.equal(st[..., :40], t.model.reservoir(t.model.embedder(ids)))
+    t.fit_tokens(stream, 3)
+    out = ResponseGenerator(t.model, tok, voc).generate("What is 2 plus 2?", max_new_tokens=4, seed=0)  # the carried state is the reservoir part
+    assert isinstance(out, str)
+    ctrl = LSMModel(LSMConfig(vocab_size=len(voc), units=40, embed_dim=8, window=1, readout="linear", include_input=True, use_reservoir=False))
+    assert ctrl.states(ids).shape == (1, 30, 8)  # no reservoir: the input alone

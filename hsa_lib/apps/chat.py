@@ -11,12 +11,13 @@ from ..core import HsaLibError, get_logger, set_seed
 from ..data import corpus_text
 from ..models import load_model, MODELS, ModelNotFoundError
 from ..hsa.integration import HSAConfig, attach_hsa, hsa_layers
-from ..hsa.calibration import calibrate, load_calibration
-from ..hsa.decoding import HSACache
+from ..hsa.calibration import calibrate, load_calibration, SPLATS_OFF
+from ..hsa.failures import find_nonfinite, find_exploding, HealthCheck
+from ..hsa.decoding import HSACache, cache_kw
 
 # %% auto #0
-__all__ = ['log', 'MODES', 'HELP', 'ChatError', 'load_chat_model', 'setup_attention', 'ChatSession', 'chat_widget', 'chat_loop',
-           'main']
+__all__ = ['log', 'MODES', 'HELP', 'ChatError', 'load_chat_model', 'setup_attention', 'ChatSession', 'adaptation_monitor',
+           'chat_widget', 'chat_loop', 'main']
 
 # %% ../../nbs/apps/93_chat.ipynb #c006
 log = get_logger(__name__)
@@ -75,35 +76,62 @@ class _Streamer:
 def reply(self:ChatSession, text:str, stream:bool=True)->str:
     "Add the user's `text`, generate the answer (streamed to `out`), keep it in the conversation."
     msgs = self.messages + [{"role": "user", "content": text}]; ids = self._ids(msgs)
-    for l in hsa_layers(self.model).values(): l.record = True
+    layers = hsa_layers(self.model).values()
+    for l in layers: l.record, l.last_usage = True, None                             # record this reply's splat usage only
     kw = dict(max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tok.eos_token_id, attention_mask=torch.ones_like(ids))
-    if self.uses_hsa: kw["past_key_values"] = HSACache(self.model)
+    if self.uses_hsa: kw |= cache_kw(self.model, HSACache(self.model))
     if stream: kw["streamer"] = _Streamer(self.tok, self.out)
-    with torch.no_grad(): out = self.model.generate(ids, **kw)
+    try:
+        with torch.no_grad(): out = self.model.generate(ids, **kw)
+    finally:
+        for l in layers: l.record = False                                            # no bookkeeping outside a reply
     answer = self.tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
     self.messages = msgs + [{"role": "assistant", "content": answer}]
     return answer
 
 @patch
 def splat_report(self:ChatSession, top:int=3, max_layers:int=4)->str:
-    "Which splats carried the most query mass at the last step, for the first HSA layers."
+    "Which splats carried the most query mass over the last reply (prompt and generated tokens), for the first HSA layers."
     lines = []
     for i, l in list(hsa_layers(self.model).items())[:max_layers]:
         if l.last_usage is None: continue
         ids = torch.cat([l.registry.buf("ids", lv) for lv in range(l.registry.n_levels)], 1)
-        for h, u in enumerate(l.last_usage):
+        for h, u in enumerate(l.last_usage / l.last_usage.sum(-1, keepdim=True).clamp_min(1e-30)):
             v, s = u.topk(min(top, u.numel()))
             lines.append(f"layer {i} head {h}: " + ", ".join(f"splat {int(ids[h, j])} ({float(p):.0%})" for p, j in zip(v, s)))
     return "\n".join(lines) or "no splats in use (attention is dense, or nothing generated yet)"
 
+@patch
+def monitor(self:ChatSession, max_layers:int=6)->list:
+    "`adaptation_monitor` of this session's model (the last reply's usage)."
+    return adaptation_monitor(self.model, max_layers)
+
+
+# %% ../../nbs/apps/93_chat.ipynb #7e9cbd6c
+def adaptation_monitor(model, max_layers:int=6)->list: # one dict per HSA layer
+    "Live splats, heads with splats on, effective splats used per head in the last recorded reply, and health problems, for the first HSA layers."
+    rows = []
+    for i, l in list(hsa_layers(model).items())[:max_layers]:
+        reg, eff = l.registry, None
+        if l.last_usage is not None:
+            u = l.last_usage / l.last_usage.sum(-1, keepdim=True).clamp_min(1e-30)
+            eff = [round(float(torch.exp(-(u_h * u_h.clamp_min(1e-30).log()).sum())), 1) for u_h in u]
+        rows.append(dict(layer=i, live=int(sum(int(reg.buf("alive", lv).sum()) for lv in range(reg.n_levels))), heads=reg.cfg.n_heads,
+                         heads_on=int((reg.level_offset[0] > SPLATS_OFF / 2).sum()), effective=eff,
+                         problems=[str(f) for f in find_nonfinite(reg) + find_exploding(reg, HealthCheck())]))
+    return rows
+
 # %% ../../nbs/apps/93_chat.ipynb #c015
 def chat_widget(session:ChatSession):
-    "An ipywidgets chat box over `session`: conversation on the left, splats in use on the right."
+    "An ipywidgets chat box over `session`: conversation on the left; splats in use and the adaptation monitor on the right."
     import html, ipywidgets as W
     box, send, conv, spl = W.Text(placeholder="Ask something…", layout=W.Layout(width="70%")), W.Button(description="Send"), W.HTML(), W.HTML()
     def render():
         conv.value = "".join(f"<p><b>{m['role']}</b>: {html.escape(m['content'])}</p>" for m in session.messages)
-        spl.value = "<pre>" + html.escape(session.splat_report()) + "</pre>"
+        mon = "".join(f"<tr><td>{r['layer']}</td><td>{r['live']}</td><td>{r['heads_on']}/{r['heads']}</td><td>{r['effective']}</td><td>{html.escape('; '.join(r['problems'])) or 'ok'}</td></tr>"
+                      for r in session.monitor())
+        spl.value = ("<pre>" + html.escape(session.splat_report()) + "</pre><b>adaptation monitor</b><table><tr><th>layer</th><th>live</th>"
+                     "<th>heads on</th><th>effective splats per head</th><th>health</th></tr>" + mon + "</table>")
     def on_send(_=None):
         if not box.value.strip(): return
         session.reply(box.value.strip(), stream=False); box.value = ""; render()

@@ -94,7 +94,7 @@ def parser()->argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train lenses and write a lens pack")
     t.add_argument("--concept-pack", default="hsa-core-concepts"); t.add_argument("--concepts", help="comma-separated (default: all)")
-    t.add_argument("--layers", default="15", help="comma-separated model layers"); t.add_argument("--out", required=True, type=Path)
+    t.add_argument("--layers", default="8", help="comma-separated model layers (8 validated best of 6-15 on SmolLM2)"); t.add_argument("--out", required=True, type=Path)
     t.add_argument("--prompts", type=int, default=0, help="keep only the first N prompts per split (0: all)")
     t.add_argument("--epochs", type=int, default=300); t.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     t.add_argument("--model", default="smollm2-135m-instruct"); t.add_argument("--seed", type=int, default=0)

@@ -13,8 +13,9 @@ from .splats import SplatConfig, SplatRegistry
 
 # %% auto #0
 __all__ = ['AttentionInputError', 'log_features', 'reference_attention', 'key_sums', 'query_mix', 'SplatState',
-           'causal_splat_sums', 'local_window_sums', 'combine_sums', 'check_inputs', 'splat_attention', 'rel_err',
-           'level_log_mass', 'attention_by_level', 'calibrate_levels', 'HSAState', 'HSAttention']
+           'causal_splat_sums', 'local_window_sums', 'combine_sums', 'check_inputs', 'splat_attention_sums',
+           'splat_attention', 'rel_err', 'level_log_mass', 'attention_by_level', 'calibrate_levels', 'HSAState',
+           'HSAttention']
 
 # %% ../../nbs/hsa/11_attention.ipynb #ad156dac
 class AttentionInputError(HsaLibError, ValueError):
@@ -219,7 +220,7 @@ def check_inputs(q:Tensor, k:Tensor, v:Tensor, splats:dict, key_mask:Tensor|None
         if not torch.isfinite(t).all(): raise AttentionInputError(f"{name} contains NaN or inf")
 
 # %% ../../nbs/hsa/11_attention.ipynb #69a3cb00
-def splat_attention(q:Tensor, # `[b hq nq d]`
+def splat_attention_sums(q:Tensor, # `[b hq nq d]`
                     k:Tensor, v:Tensor, # `[b hk nk d]`, `[b hk nk dv]`; hq a multiple of hk
                     splats:dict, # `SplatRegistry.stacked()` (splats of the hk key/value heads)
                     causal:bool=False, # queries are the last nq of nk positions
@@ -231,10 +232,11 @@ def splat_attention(q:Tensor, # `[b hq nq d]`
                     window_kv:tuple|None=None, # decoding with a window: the keys/values of earlier tokens still in reach
                     scale:float|None=None, # local-window score scale (default 1/√d)
                     check:bool=True, # validate inputs (costs one pass over them)
-                   )->tuple: # (output `[b hq nq dv]`, the state after these tokens when causal, else None)
-    "Hierarchical splat attention in O((nq + nk)·K·d), optionally with an exact local window."
+                    window_mask:Tensor|None=None, # `[b nw]` padding mask of `window_kv`'s keys (default: all real)
+                   )->tuple: # (num `[b hk g·nq dv]`, den, r, state): the output is `num/den`, the true sums `e^r·num`, `e^r·den`
+    "The unnormalized sums of hierarchical splat attention (plus the exact window), for callers that add more exact terms."
     if check: check_inputs(q, k, v, splats, key_mask, causal, state)
-    hq, hk, nq, nk = q.shape[1], k.shape[1], q.shape[2], k.shape[2]; g = hq // hk
+    hk, nq, nk = k.shape[1], q.shape[2], k.shape[2]; g = q.shape[1] // hk
     qg = _group(q, hk); u = splats.get("u")
     lq = log_features(qg, splats["mu"], splats["log_sigma"], u); lk = log_features(k, splats["mu"], splats["log_sigma"], u)
     if key_mask is not None: lk = lk.masked_fill(~key_mask.bool()[:, None, :, None], -math.inf)
@@ -254,10 +256,20 @@ def splat_attention(q:Tensor, # `[b hq nq d]`
         kk, vv2, km = k, v, key_mask
         if window_kv is not None:
             kk, vv2 = torch.cat([window_kv[0], k], 2), torch.cat([window_kv[1], v], 2)
-            if km is not None: km = torch.cat([km.new_ones(km.shape[0], window_kv[0].shape[2]), km], 1)
+            if km is not None or window_mask is not None:
+                wm = window_mask if window_mask is not None else torch.ones(k.shape[0], window_kv[0].shape[2], dtype=torch.bool, device=k.device)
+                km = torch.cat([wm.bool(), key_mask.bool() if key_mask is not None else wm.new_ones(k.shape[0], nk, dtype=torch.bool)], 1)
         loc = local_window_sums(qg, kk, vv2, g, local_window, causal, km, scale)
         num, den, r = combine_sums((num, den, r), (loc[0], loc[1], loc[2] + log_w_local))
-    return _ungroup(_normalize(num, den), hq), new_state
+    return num, den, r, new_state
+
+def splat_attention(q:Tensor, k:Tensor, v:Tensor, splats:dict, # as `splat_attention_sums`
+                    causal:bool=False, key_mask:Tensor|None=None, chunk:int=128, state:SplatState|None=None, local_window:int=0,
+                    log_w_local:Tensor|float=0.0, window_kv:tuple|None=None, scale:float|None=None, check:bool=True, window_mask:Tensor|None=None,
+                   )->tuple: # (output `[b hq nq dv]`, the state after these tokens when causal, else None)
+    "Hierarchical splat attention in O((nq + nk)·K·d), optionally with an exact local window."
+    num, den, _, new_state = splat_attention_sums(q, k, v, splats, causal, key_mask, chunk, state, local_window, log_w_local, window_kv, scale, check, window_mask)
+    return _ungroup(_normalize(num, den), q.shape[1]), new_state
 
 # %% ../../nbs/hsa/11_attention.ipynb #bee52ecf
 def rel_err(a:Tensor, b:Tensor)->float:

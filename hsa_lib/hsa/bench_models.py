@@ -11,13 +11,13 @@ from ..core import set_seed, get_logger
 from ..data import corpus_text
 from ..models import load_model
 from .integration import HSAConfig, hsa_layers
-from .calibration import calibrate
-from .decoding import HSACache, kv_cache_nbytes
+from .calibration import calibrate, finetune, SPLATS_OFF
+from .decoding import HSACache, kv_cache_nbytes, cache_kw
 from ..apps.train import TrainConfig, run as train_run, PRESETS
 
 # %% auto #0
-__all__ = ['log', 'QUESTIONS', 'scratch_ratios', 'perplexity', 'calibrated_smollm2', 'smollm2_ppl', 'answer_ok', 'chat_accuracy',
-           'decode_stats', 'recall_accuracy', 'bench_hsa_models']
+__all__ = ['log', 'QUESTIONS', 'scratch_ratios', 'perplexity', 'calibrated_smollm2', 'answer_ok', 'chat_accuracy', 'decode_stats',
+           'recall_accuracy', 'scratch_figures', 'smollm2_figures', 'bench_hsa_models']
 
 # %% ../../nbs/hsa/19d_bench_models.ipynb #c006
 log = get_logger(__name__)
@@ -35,21 +35,24 @@ def perplexity(model, ids:torch.Tensor)->float: # ids `[b n]`
     "exp of the mean next-token loss."
     return math.exp(float(model(ids, labels=ids).loss))
 
-def calibrated_smollm2(window:int=64, calib_tokens:int=256, steps:int=20, seed:int=0, sinks:int=4):
-    "SmolLM2 with hybrid HSA (window + `sinks` first tokens + splats) in all layers, calibrated on the corpus' training split: (model, tokenizer)."
+def calibrated_smollm2(window:int=64, calib_tokens:int=256, steps:int=20, seed:int=0, sinks:int=4,
+                       finetune_steps:int=0, # > 0: then distill end to end (`finetune`) on training text
+                       lora_rank:int=8, ft_tokens:int=512, ft_batches:int=8, # LoRA rank; length and count of the fine-tuning sequences
+                       on_calibrated=None, # called with (model, tokenizer) between calibration and fine-tuning (to measure both)
+                      ):
+    "SmolLM2 with hybrid HSA (window + `sinks` first tokens + splats) in all layers, calibrated (and fine-tuned) on the corpus' training split: (model, tokenizer)."
     m, tok = load_model(); set_seed(seed)
-    ids = tok(corpus_text("train")[:40000], return_tensors="pt").input_ids
-    batches = [ids[:, i:i + calib_tokens] for i in range(0, min(ids.shape[1] - calib_tokens, 2 * calib_tokens), calib_tokens)][:2]
+    ids = tok(corpus_text("train"), return_tensors="pt").input_ids
+    batches = [ids[:, i:i + calib_tokens] for i in range(0, 2 * calib_tokens, calib_tokens)]
     calibrate(m, batches, HSAConfig(local_window=window, sink_tokens=sinks), steps=steps, seed=seed)
+    if on_calibrated is not None: on_calibrated(m, tok)
+    if finetune_steps:
+        start = 2 * calib_tokens                                                       # text the calibration did not see
+        ft = [ids[:, start + i * ft_tokens: start + (i + 1) * ft_tokens] for i in range(ft_batches)]
+        if ft[-1].shape[1] < ft_tokens: raise ValueError(f"the training split has {ids.shape[1]} tokens: too few for {ft_batches} x {ft_tokens} after calibration")
+        finetune(m, ft, steps=finetune_steps, lora_rank=lora_rank, lora_lr=3e-4, seed=seed)
     return m, tok
 
-def smollm2_ppl(m, tok, n:int=1024)->tuple: # (hybrid ppl, dense ppl)
-    "Held-out perplexity on the first `n` tokens of the validation split, hybrid vs dense."
-    ids = tok(corpus_text("val"), return_tensors="pt").input_ids[:, :n]
-    h = perplexity(m, ids); m.set_attn_implementation("sdpa")
-    try: d = perplexity(m, ids)
-    finally: m.set_attn_implementation("hsa")
-    return h, d
 
 # %% ../../nbs/hsa/19d_bench_models.ipynb #c011
 QUESTIONS = [("What is the capital of France?", ["paris"]), ("What color is the sky on a clear day?", ["blue"]),
@@ -82,10 +85,10 @@ def decode_stats(m, ids:torch.Tensor, hsa:bool, new_tokens:int=8)->tuple: # (cac
     try:
         for l in hsa_layers(m).values(): l.record = False                          # the chat's /splats bookkeeping is not decoding
         c = HSACache(m) if hsa else DynamicCache(config=m.config)
-        logits = m(ids, past_key_values=c, use_cache=True).logits[:, -1]
+        logits = m(ids, **cache_kw(m, c), use_cache=True).logits[:, -1]
         nbytes = c.nbytes() if hsa else kv_cache_nbytes(c)
-        logits = m(logits.argmax(-1, keepdim=True), past_key_values=c, use_cache=True).logits[:, -1]; t = time.perf_counter()
-        for _ in range(new_tokens): logits = m(logits.argmax(-1, keepdim=True), past_key_values=c, use_cache=True).logits[:, -1]
+        logits = m(logits.argmax(-1, keepdim=True), **cache_kw(m, c), use_cache=True).logits[:, -1]; t = time.perf_counter()
+        for _ in range(new_tokens): logits = m(logits.argmax(-1, keepdim=True), **cache_kw(m, c), use_cache=True).logits[:, -1]
         return nbytes, new_tokens / (time.perf_counter() - t)
     finally:
         m.set_attn_implementation(impl)
@@ -102,39 +105,53 @@ def recall_accuracy(m, tok, n:int, trials:int=3, seed:int=0)->float:
         tail = tok(f"\nQuestion: what is the pass code? Answer: the pass code is", return_tensors="pt").input_ids[0]
         start = int(torch.randint(0, max(1, len(filler) - n), (1,), generator=g))
         ids = torch.cat([head, filler[start:start + n - len(head) - len(tail)], tail])[None]
-        kw = dict(past_key_values=HSACache(m)) if m.config._attn_implementation == "hsa" else {}
+        kw = cache_kw(m, HSACache(m)) if m.config._attn_implementation == "hsa" else {}
         out = m.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.eos_token_id, attention_mask=torch.ones_like(ids), **kw)
         ok += code in tok.decode(out[0, ids.shape[1]:])
     return ok / trials
 
 # %% ../../nbs/hsa/19d_bench_models.ipynb #c018
-@register_benchmark("hsa-models")
-def bench_hsa_models(quick:bool=False)->Report:
-    "Perplexity ratios (from scratch and SmolLM2), chat agreement, decoding memory/speed and recall: HSA vs dense, same run."
-    rep = Report("hsa-models", quick); set_seed(0)
+def scratch_figures(rep:Report, quick:bool=False):
+    "`ppl_ratio_scratch_hybrid`, `ppl_ratio_scratch_splat`: the from-scratch GPT-2-style model, HSA variants / dense, mean over seeds."
     cfg = (TrainConfig(steps=20, batch_size=4, seq_len=64, eval_len=512, eval_batches=1, local_window=32) if quick
            else TrainConfig.from_dict(PRESETS["10m"] | dict(steps=300, eval_batches=4)))
     seeds = (0,) if quick else (0, 1, 2); sr = scratch_ratios(cfg, seeds)
     what = f"{cfg.d_model}d×{cfg.n_layers}L GPT-2, {cfg.steps} steps, eval on {cfg.eval_len}-token sequences, window {cfg.local_window}, seeds {seeds}"
     rep.add("ppl_ratio_scratch_hybrid", Figure(sr["hybrid"][0], "ratio", 1.0, "lower", f"hybrid/dense val ppl ({sr['hybrid'][1]:.1f}/{sr['dense'][1]:.1f}); {what}; target <= 1.05"))
     rep.add("ppl_ratio_scratch_splat", Figure(sr["hsa"][0], "ratio", 1.0, "lower", f"splat-only/dense val ppl ({sr['hsa'][1]:.1f}/{sr['dense'][1]:.1f}); {what}; target <= 1.15"))
-    W, n_ppl = 64, (1024 if quick else 2048)
-    m, tok = calibrated_smollm2(W, calib_tokens=128 if quick else 512, steps=5 if quick else 20)
-    h, d = smollm2_ppl(m, tok, n_ppl)
-    rep.add("ppl_ratio_smollm2_hybrid", Figure(h / d, "ratio", 1.0, "lower", f"SmolLM2 hybrid (window {W} + 4 sink tokens, all 30 layers, calibrated on 2x{128 if quick else 512} tokens)/dense ppl = {h:.2f}/{d:.2f} on {n_ppl} held-out tokens; target <= 1.20"))
-    qs = QUESTIONS[:6] if quick else QUESTIONS
-    acc_h = chat_accuracy(m, tok, qs); m.set_attn_implementation("sdpa")
-    try: acc_d = chat_accuracy(m, tok, qs)
-    finally: m.set_attn_implementation("hsa")
+
+def smollm2_figures(rep:Report, quick:bool=False, finetune_steps:int|None=None, # default: 2 quick, 40 full
+                    window:int=64):
+    "The SmolLM2 figures: perplexity (after calibration and after fine-tuning, and the window alone), chat agreement, decoding, recall; dense = a fresh copy of the original model."
+    W, n_ppl, pre = window, (1024 if quick else 2048), {}
+    ct, cs = (128, 5) if quick else (512, 20); fs = (2 if quick else 40) if finetune_steps is None else finetune_steps
+    dm, tok = load_model(); val = tok(corpus_text("val"), return_tensors="pt").input_ids
+    d = perplexity(dm, val[:, :n_ppl])
+    def measure(m, tok):                                                               # after calibration: hybrid, then the window + sinks alone
+        pre["hybrid"] = perplexity(m, val[:, :n_ppl]); L = hsa_layers(m).values(); keep = [l.registry.level_offset.clone() for l in L]
+        for l in L: l.registry.level_offset += SPLATS_OFF
+        try: pre["window"] = perplexity(m, val[:, :n_ppl])
+        finally:
+            for l, o in zip(L, keep): l.registry.level_offset.copy_(o)
+    m, _ = calibrated_smollm2(W, calib_tokens=ct, steps=cs, finetune_steps=fs, ft_tokens=128 if quick else 512, ft_batches=2 if quick else 8, on_calibrated=measure)
+    h = perplexity(m, val[:, :n_ppl]); L = hsa_layers(m).values(); on = sum(int((l.registry.level_offset[0] > SPLATS_OFF / 2).sum()) for l in L)
+    rep.add("ppl_ratio_smollm2_hybrid", Figure(h / d, "ratio", 1.0, "lower", f"SmolLM2 hybrid (window {W} + 4 sinks + splats, all 30 layers)/dense ppl = {h:.2f}/{d:.2f} on {n_ppl} held-out tokens, "
+        f"after calibration on 2x{ct} tokens ({cs} transfer steps) and {fs} steps of end-to-end KL fine-tuning (LoRA r8 on q/v + splats); right after calibration {pre['hybrid'] / d:.3f}; "
+        f"the window + sinks alone (splats off) {pre['window'] / d:.3f}; splats on in {on} of {sum(l.registry.cfg.n_heads for l in L)} key/value heads; target <= 1.20"))
+    qs = QUESTIONS[:6] if quick else QUESTIONS; acc_h, acc_d = chat_accuracy(m, tok, qs), chat_accuracy(dm, tok, qs)
     rep.add("chat_agreement", Figure(acc_h / acc_d if acc_d else float("nan"), "ratio", 1.0, "higher", f"HSA {acc_h:.2f} / dense {acc_d:.2f} correct on {len(qs)} questions; target >= 0.9"))
     n_dec = 1024 if quick else 8192
-    ids = torch.cat([tok(corpus_text("val"), return_tensors="pt").input_ids] * 4, 1)[:, :n_dec]
-    (bh, th), (bd, td) = decode_stats(m, ids, True), decode_stats(m, ids, False)
+    ids = torch.cat([val] * 4, 1)[:, :n_dec]
+    (bh, th), (bd, td) = decode_stats(m, ids, True), decode_stats(dm, ids, False)
     rep.add("decode_cache_mem_ratio_8k", Figure(bh / bd, "ratio", 1.0, "lower", f"HSA cache {bh/2**20:.2f} MiB / dense KV {bd/2**20:.1f} MiB at {n_dec} tokens context; target <= 0.05"))
     rep.add("decode_speedup_8k", Figure(th / td, "ratio", 1.0, "higher", f"tokens/s HSA {th:.1f} / dense {td:.1f} at {n_dec} tokens context; target >= 1.5"))
     n_rec = 512 if quick else 4096; trials = 2 if quick else 5
-    rh = recall_accuracy(m, tok, n_rec, trials); m.set_attn_implementation("sdpa")
-    try: rd = recall_accuracy(m, tok, n_rec, trials)
-    finally: m.set_attn_implementation("hsa")
+    rh, rd = recall_accuracy(m, tok, n_rec, trials), recall_accuracy(dm, tok, n_rec, trials)
     rep.add("recall_acc_hybrid_4k", Figure(rh, "accuracy", rd, "higher", f"pass-code recall over {n_rec} tokens, {trials} trials, SmolLM2 hybrid (window {W}) vs dense {rd:.2f}"))
+
+@register_benchmark("hsa-models")
+def bench_hsa_models(quick:bool=False)->Report:
+    "Perplexity ratios (from scratch and SmolLM2), chat agreement, decoding memory/speed and recall: HSA vs dense, same run."
+    rep = Report("hsa-models", quick); set_seed(0)
+    scratch_figures(rep, quick); smollm2_figures(rep, quick)
     return rep

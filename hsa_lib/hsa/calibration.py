@@ -4,18 +4,19 @@
 
 # %% ../../nbs/hsa/19b_calibration.ipynb #c003
 from __future__ import annotations
-import math
+import contextlib, math
 from pathlib import Path
 import torch, torch.nn as nn
 from torch import Tensor
-from ..core import HsaLibError, get_logger, atomic_write_json, read_json, progress
+from ..core import HsaLibError, get_logger, set_seed, atomic_write, atomic_write_json, read_json, progress
 from .attention import splat_attention, calibrate_levels, rel_err, _group
 from .serialization import save_splats, load_splats, splat_paths
 from .integration import (layer_attention, HSAConfig, HSALayer, attach_hsa, hsa_layers, hooks_manager, attention_modules, kv_heads, IntegrationError)
 
 # %% auto #0
-__all__ = ['log', 'CalibrationError', 'kmeans', 'map_states', 'match_window_share', 'transfer_layer', 'calibrate',
-           'model_fingerprint', 'save_calibration', 'load_calibration']
+__all__ = ['log', 'SHIFT_GRID', 'SPLATS_OFF', 'CalibrationError', 'kmeans', 'map_states', 'match_window_share', 'fit_level_shift',
+           'transfer_layer', 'calibrate', 'distill_kl', 'finetune', 'model_fingerprint', 'save_calibration',
+           'load_calibration']
 
 # %% ../../nbs/hsa/19b_calibration.ipynb #c006
 log = get_logger(__name__)
@@ -68,6 +69,27 @@ def match_window_share(layer:HSALayer, q:Tensor, k:Tensor, # captured `[b hq n d
     if W: reg.level_offset += (torch.log(frac * p_out / (1 - p_out)) - math.log(reg.n_levels))[None]
     return p_out
 
+# %% ../../nbs/hsa/19b_calibration.ipynb #26cc8958
+SHIFT_GRID = (4.0, 2.0, 0.0, -2.0, -4.0, -6.0, -8.0, -10.0, -13.0, -16.0, -20.0, -25.0, -30.0)
+SPLATS_OFF = -1e4 # a level-offset shift that leaves the splats no mass (finite, so the heads keep their live splats)
+
+@torch.no_grad()
+def fit_level_shift(layer:HSALayer, rec:dict, # one capture: q, k, v, key_mask, out
+                    causal:bool=True, scaling:float|None=None,
+                    grid:tuple=SHIFT_GRID, # candidate shifts of every level's offset (SPLATS_OFF is always tried too)
+                   )->tuple: # (shift per key/value head `[hk]`, relative error per head at that shift `[hk]`)
+    "Shift each key/value head's splat levels by the grid value (or SPLATS_OFF) with the lowest output error on the captured tokens."
+    reg = layer.registry; hk = reg.cfg.n_heads; base = reg.level_offset.clone(); cands = torch.tensor((*grid, SPLATS_OFF))
+    q, k, v, t = rec["q"].float(), rec["k"].float(), rec["v"].float(), rec["out"].float(); km = rec["key_mask"]
+    w = km.float()[:, None, :, None] if km is not None else 1.0; norm = (t.pow(2) * w).mean((0, 2, 3)).sum()
+    errs = []
+    for s in cands:
+        reg.level_offset.copy_(base + s); o = layer_attention(layer, q, k, v, km, causal, scaling)[0]
+        errs.append(((o - t).pow(2) * w).mean((0, 2, 3)).view(hk, -1).sum(1) / norm)   # the error of each key/value head's query group
+    E = torch.stack(errs); best = E.argmin(0); shift = cands[best]
+    reg.level_offset.copy_(base + shift[None]); reg._touch()
+    return shift, E.gather(0, best[None])[0]
+
 # %% ../../nbs/hsa/19b_calibration.ipynb #c012
 def transfer_layer(layer:HSALayer, rec:dict, # one capture: q, k, v, key_mask, out (`Capture.qkv[i][j]`)
                    causal:bool=True, scaling:float|None=None, steps:int=50, lr:float=1e-2)->list: # relative MSE per step
@@ -89,8 +111,10 @@ def transfer_layer(layer:HSALayer, rec:dict, # one capture: q, k, v, key_mask, o
 
 def calibrate(model:nn.Module, batches:list, # token id tensors `[b n]` (or dicts of model inputs) from the calibration text
               cfg:HSAConfig|None=None, # attach these splats first (None: use the ones attached)
-              steps:int=50, lr:float=1e-2, seed:int=0)->dict: # `{layer: (rel. MSE before, after)}`
-    "State mapping then attention transfer for every HSA layer of `model`, on the captured dense Q/K/V."
+              steps:int=50, lr:float=1e-2, seed:int=0,
+              search:bool=True, # choose each head's splat share (or off) by `fit_level_shift` before training
+             )->dict: # `{layer: (rel. MSE after state mapping, after search and transfer)}`
+    "State mapping, the per-head share search, then attention transfer for every HSA layer of `model`, on the captured dense Q/K/V."
     if cfg is not None: attach_hsa(model, cfg, seed)
     layers = hsa_layers(model)
     if not layers: raise CalibrationError("the model has no HSA layers: attach_hsa(model, cfg) first or pass cfg")
@@ -104,10 +128,68 @@ def calibrate(model:nn.Module, batches:list, # token id tensors `[b n]` (or dict
             map_states(layers[i], q, k, km, seed=seed)
             if layers[i].local_window: match_window_share(layers[i], q, k, getattr(mods[i], 'scaling', None))
         rec = dict(q=q, k=k, v=cap.tensors(i, "v"), out=cap.tensors(i, "out"), key_mask=km if not km.all() else None)
-        losses = transfer_layer(layers[i], rec, mods[i].is_causal, getattr(mods[i], "scaling", None), steps, lr) if steps else [float("nan")]
-        report[i] = (losses[0], min(losses))
-        log.info("layer %d: relative MSE %.4f -> %.4f", i, *report[i])
+        sc = getattr(mods[i], "scaling", None)
+        with torch.no_grad(): o = layer_attention(layers[i], rec["q"].float(), rec["k"].float(), rec["v"].float(), rec["key_mask"], mods[i].is_causal, sc)[0]
+        before = float(((o - rec["out"].float()).pow(2) * (rec["key_mask"].float()[:, None, :, None] if rec["key_mask"] is not None else 1.0)).mean() / (rec["out"].float().pow(2)).mean())
+        shift, _ = fit_level_shift(layers[i], rec, mods[i].is_causal, sc) if search else (None, None)
+        losses = transfer_layer(layers[i], rec, mods[i].is_causal, sc, steps, lr) if steps else [float("nan")]
+        report[i] = (before, min(losses) if steps else float("nan"))
+        log.info("layer %d: relative MSE %.4f -> %.4f (splats off in %s of %d heads)", i, *report[i],
+                 "?" if shift is None else int((shift == SPLATS_OFF).sum()), layers[i].registry.cfg.n_heads)
     return report
+
+# %% ../../nbs/hsa/19b_calibration.ipynb #2996a65a
+def distill_kl(student:Tensor, teacher:Tensor, # logits `[b n V]`
+               mask:Tensor|None=None, # `[b n]`, True = a real position
+              )->Tensor:
+    "Mean over positions of KL(softmax(teacher) ‖ softmax(student))."
+    lt, ls = torch.log_softmax(teacher.float(), -1), torch.log_softmax(student.float(), -1)
+    kl = (lt.exp() * (lt - ls)).sum(-1)
+    return kl.mean() if mask is None else (kl * mask).sum() / mask.sum().clamp_min(1)
+
+# %% ../../nbs/hsa/19b_calibration.ipynb #3c607e5e
+@contextlib.contextmanager
+def _dense_teacher(model:nn.Module, net:nn.Module):
+    "The same network with SDPA attention and (under peft) its adapters disabled."
+    impl = model.config._attn_implementation; model.set_attn_implementation("sdpa")
+    try:
+        with (net.disable_adapter() if hasattr(net, "disable_adapter") else contextlib.nullcontext()): yield
+    finally: model.set_attn_implementation(impl)
+
+def finetune(model:nn.Module, batches:list, # token id tensors `[b n]` (or dicts with input_ids/attention_mask)
+             steps:int=30, lr:float=1e-2, # splat learning rate
+             lora_rank:int=0, # > 0: also train LoRA adapters of this rank (needs `peft`)
+             lora_lr:float=1e-4, lora_targets:tuple=("q_proj", "v_proj", "c_attn"), # module names (Llama, GPT-2)
+             clip:float=1.0, seed:int=0)->list: # KL per step
+    "Distill the dense model into its HSA version end to end: splats (and LoRA adapters, merged at the end) learn KL(dense ‖ HSA)."
+    layers = hsa_layers(model)
+    if not layers: raise CalibrationError("the model has no HSA layers: calibrate(model, ...) first")
+    set_seed(seed); net, groups = model, [dict(params=[p for l in layers.values() for p in l.registry.parameters()], lr=lr)]
+    req = {p: p.requires_grad for p in model.parameters()}                           # taken before peft freezes the base weights
+    if lora_rank:
+        try: from peft import LoraConfig, get_peft_model
+        except ImportError as e: raise CalibrationError("lora_rank > 0 needs peft: pip install peft") from e
+        names = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}; tm = [t for t in lora_targets if t in names]
+        if not tm: raise CalibrationError(f"none of the LoRA targets {lora_targets} is a module of {type(model).__name__}")
+        net = get_peft_model(model, LoraConfig(r=lora_rank, lora_alpha=2 * lora_rank, target_modules=tm, lora_dropout=0.0))
+        groups.append(dict(params=[p for n, p in net.named_parameters() if "lora_" in n], lr=lora_lr))
+    trainable = {id(p) for g in groups for p in g["params"]}
+    for p in model.parameters(): p.requires_grad_(id(p) in trainable)
+    opt, losses, was = torch.optim.AdamW(groups, weight_decay=0.0), [], model.training; model.eval()
+    try:
+        for step in progress(range(steps), desc="fine-tuning"):
+            b = batches[step % len(batches)]; kw = b if isinstance(b, dict) else dict(input_ids=b)
+            with torch.no_grad(), _dense_teacher(model, net): t = net(**kw).logits
+            loss = distill_kl(net(**kw).logits, t, kw.get("attention_mask")); lv = float(loss.detach()); losses.append(lv)
+            if not math.isfinite(lv): raise CalibrationError(f"fine-tuning diverged at step {step}: KL = {lv}")
+            opt.zero_grad(); loss.backward(); torch.nn.utils.clip_grad_norm_([p for g in groups for p in g["params"]], clip); opt.step()
+    finally:
+        if lora_rank:                                                                  # LoRA folded into q/v: a plain model again
+            tuned = [n.removeprefix("base_model.model.") for n, mod in net.named_modules() if hasattr(mod, "lora_A") and hasattr(mod, "base_layer")]
+            net.merge_and_unload(); model.hsa_tuned_modules = sorted(set(getattr(model, "hsa_tuned_modules", [])) | set(tuned))  # saved by save_calibration
+        for p in model.parameters(): p.requires_grad_(req.get(p, False))
+        model.train(was)
+    return losses
 
 # %% ../../nbs/hsa/19b_calibration.ipynb #c016
 def model_fingerprint(model:nn.Module)->dict:
@@ -119,6 +201,9 @@ def model_fingerprint(model:nn.Module)->dict:
 def _meta_path(path)->Path:
     side, stem = splat_paths(path); return side.with_name(f"{stem}.model.json")
 
+def _weights_path(path)->Path:
+    side, stem = splat_paths(path); return side.with_name(f"{stem}.weights.safetensors")
+
 def save_calibration(model:nn.Module, path:str|Path, # 'dir/NAME'
                      model_name:str|None=None)->Path: # the model's name (default: config._name_or_path)
     "Save the HSA layers' splats of `model` and a JSON naming the model and layers."
@@ -126,7 +211,12 @@ def save_calibration(model:nn.Module, path:str|Path, # 'dir/NAME'
     if not layers: raise CalibrationError("the model has no HSA layers to save")
     side = save_splats({f"layer{i}": l.registry for i, l in layers.items()}, path)
     cfg = getattr(model, "hsa_config", HSAConfig()); cfg = HSAConfig.from_dict(cfg.to_dict() | {"layers": tuple(layers)})
-    atomic_write_json(_meta_path(path), dict(model_name=model_name or model.config._name_or_path, fingerprint=model_fingerprint(model), hsa_config=cfg.to_dict()))
+    tuned = list(getattr(model, "hsa_tuned_modules", []))                            # weights `finetune` changed (LoRA merged)
+    if tuned:
+        from safetensors.torch import save
+        mods = dict(model.named_modules())
+        with atomic_write(_weights_path(path)) as f: f.write(save({f"{n}.{k}": t.detach().contiguous() for n in tuned for k, t in mods[n].named_parameters(recurse=False)}))
+    atomic_write_json(_meta_path(path), dict(model_name=model_name or model.config._name_or_path, fingerprint=model_fingerprint(model), hsa_config=cfg.to_dict(), tuned_modules=tuned))
     return side
 
 def load_calibration(model:nn.Module, path:str|Path, model_name:str|None=None, # if given, must match the saved name
@@ -138,6 +228,17 @@ def load_calibration(model:nn.Module, path:str|Path, model_name:str|None=None, #
     if diff := {k: (v, fp.get(k)) for k, v in meta["fingerprint"].items() if fp.get(k) != v}:
         raise CalibrationError(f"{path} was calibrated for {meta['model_name']!r}; it does not fit this model: " + ", ".join(f"{k} file={a} model={b}" for k, (a, b) in diff.items()))
     if model_name is not None and model_name != meta["model_name"]: raise CalibrationError(f"{path} was calibrated for {meta['model_name']!r}, not {model_name!r}")
+    tuned, mods = meta.get("tuned_modules", []), dict(model.named_modules())
+    if tuned:                                                                          # fine-tuned weights: check all before changing anything
+        from safetensors.torch import load_file
+        if not _weights_path(path).is_file(): raise CalibrationError(f"{path} names fine-tuned modules but {_weights_path(path)} is missing")
+        w = load_file(_weights_path(path)); want = {f"{n}.{k}": p for n in tuned if n in mods for k, p in mods[n].named_parameters(recurse=False)}
+        if bad := sorted(set(w) ^ set(want)) or [k for k in w if w[k].shape != want[k].shape]:
+            raise CalibrationError(f"{_weights_path(path)} does not fit this model's modules: {bad[:4]}")
     cfg = HSAConfig.from_dict(meta["hsa_config"]); attach_hsa(model, cfg)
     load_splats(path, into={f"layer{i}": l.registry for i, l in hsa_layers(model).items()})
+    if tuned:
+        with torch.no_grad():
+            for k, t in w.items(): want[k].copy_(t)
+        model.hsa_tuned_modules = list(tuned)
     return model

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/hsa/19c_decoding.ipynb #c003
 from __future__ import annotations
-import math
+import inspect, math
 import torch, torch.nn as nn
 from torch import Tensor
 from transformers.cache_utils import Cache, CacheLayerMixin, DynamicLayer
@@ -13,7 +13,7 @@ from .attention import splat_attention, SplatState, query_mix, combine_sums, _gr
 from .integration import HSALayer, hsa_layers, attention_modules, _pending, layer_attention
 
 # %% auto #0
-__all__ = ['DecodingError', 'HSACacheLayer', 'decode_step', 'HSACache', 'kv_cache_nbytes', 'cache_growth']
+__all__ = ['DecodingError', 'HSACacheLayer', 'decode_step', 'HSACache', 'cache_kw', 'kv_cache_nbytes', 'cache_growth']
 
 # %% ../../nbs/hsa/19c_decoding.ipynb #c006
 class DecodingError(HsaLibError, ValueError):
@@ -23,7 +23,7 @@ class HSACacheLayer(CacheLayerMixin):
     "Decoding state of one HSA layer: splat running sums and the last `window - 1` keys/values."
     is_sliding, is_compileable, is_croppable = False, False, False
     def __init__(self, window:int=0):
-        super().__init__(); self.window, self.state, self.cumulative_length, self.returned, self._new, self.sinks = window, None, 0, None, None, None
+        super().__init__(); self.window, self.state, self.cumulative_length, self.returned, self._new, self.sinks, self.sink_mask = window, None, 0, None, None, None, None
     def lazy_initialization(self, key_states:Tensor, value_states:Tensor):
         self.device = key_states.device; self.keys, self.values = key_states[:, :, :0], value_states[:, :, :0]; self.is_initialized = True
     def update(self, key_states:Tensor, value_states:Tensor, *args, **kwargs)->tuple:
@@ -88,9 +88,13 @@ def attend(self:HSACacheLayer, layer:HSALayer, q:Tensor, k:Tensor, v:Tensor, # f
     if layer.sinks and (self.sinks is None or self.sinks[0].shape[2] < layer.sinks):       # the first tokens, kept for good
         have = self.sinks[0].shape[2] if self.sinks is not None else 0; take = min(layer.sinks - have, n)
         self.sinks = tuple(torch.cat([self.sinks[i], t[:, :, :take]], 2) if self.sinks is not None else t[:, :, :take] for i, t in enumerate((kn, vn)))
+        nm = key_mask[:, -n:][:, :take] if key_mask is not None else torch.ones(kn.shape[0], take, dtype=torch.bool, device=kn.device)
+        self.sink_mask = torch.cat([self.sink_mask, nm], 1) if self.sink_mask is not None else nm
     if n == 1 and key_mask is None and self.state is not None and not layer.registry.cfg.rank:
         o, st = decode_step(layer, q, kn, vn, self.state, wkv, self.sinks, pos0, scaling)
-    else: o, st = layer_attention(layer, q, kn, vn, None if key_mask is None else key_mask[:, -n:], True, scaling, self.state, wkv, self.sinks, pos0)
+    else:                                                                               # padding: the window's and sinks' masks go along
+        wm = key_mask[:, :-n] if key_mask is not None and wkv is not None else None
+        o, st = layer_attention(layer, q, kn, vn, None if key_mask is None else key_mask[:, -n:], True, scaling, self.state, wkv, self.sinks, pos0, wm, self.sink_mask)
     self.state = st; self._new = None; self.returned = None
     keep = max(W - 1, 0)
     start = max(k.shape[2] - keep, 0) if keep else k.shape[2]
@@ -103,11 +107,11 @@ def reorder_cache(self:HSACacheLayer, beam_idx:Tensor):
     if self.state is not None:
         s = self.state; self.state = SplatState(s.S.index_select(0, beam_idx), s.z.index_select(0, beam_idx), s.m.index_select(0, beam_idx), s.n)
     if self.is_initialized: self.keys, self.values = self.keys.index_select(0, beam_idx), self.values.index_select(0, beam_idx)
-    if self.sinks is not None: self.sinks = tuple(t.index_select(0, beam_idx) for t in self.sinks)
+    if self.sinks is not None: self.sinks = tuple(t.index_select(0, beam_idx) for t in self.sinks); self.sink_mask = self.sink_mask.index_select(0, beam_idx)
 
 @patch
 def reset(self:HSACacheLayer):
-    self.state, self.cumulative_length, self._new, self.returned, self.sinks = None, 0, None, None, None
+    self.state, self.cumulative_length, self._new, self.returned, self.sinks, self.sink_mask = None, 0, None, None, None, None
     if self.is_initialized: self.keys, self.values = self.keys[:, :, :0], self.values[:, :, :0]
 
 @patch
@@ -126,6 +130,10 @@ class HSACache(Cache):
         "Bytes held by all layers."
         return sum(l.nbytes() if isinstance(l, HSACacheLayer) else sum(t.numel() * t.element_size() for t in (l.keys, l.values) if t is not None and l.is_initialized) for l in self.layers)
 
+def cache_kw(model:nn.Module, cache:Cache)->dict:
+    "The keyword that hands `cache` to this transformers version's `forward`/`generate`: `cache` (5.x) or `past_key_values` (4.x)."
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
 def kv_cache_nbytes(cache:Cache)->int:
     "Bytes held by an ordinary (dynamic) KV cache."
     return sum(t.numel() * t.element_size() for l in cache.layers if getattr(l, "is_initialized", False) for t in (l.keys, l.values))
@@ -139,8 +147,8 @@ def cache_growth(model:nn.Module, lengths:list, # context lengths to measure
     g = torch.Generator().manual_seed(seed); vocab = vocab or model.config.vocab_size; out = dict(n=list(lengths), hsa=[], kv=[])
     for n in lengths:
         ids = torch.randint(0, vocab, (1, n), generator=g)
-        c = HSACache(model); model(ids, past_key_values=c, use_cache=True); out["hsa"].append(c.nbytes())
+        c = HSACache(model); model(ids, **cache_kw(model, c), use_cache=True); out["hsa"].append(c.nbytes())
         impl = model.config._attn_implementation; model.set_attn_implementation("sdpa")
-        try: d = DynamicCache(config=model.config); model(ids, past_key_values=d, use_cache=True); out["kv"].append(kv_cache_nbytes(d))
+        try: d = DynamicCache(config=model.config); model(ids, **cache_kw(model, d), use_cache=True); out["kv"].append(kv_cache_nbytes(d))
         finally: model.set_attn_implementation(impl)
     return out

@@ -12,7 +12,7 @@ from transformers.masking_utils import AttentionMaskInterface, prepare_padding_m
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from ..core import HsaLibError, Config, get_logger
 from .splats import SplatConfig, SplatRegistry
-from .attention import (splat_attention, log_features, check_inputs, causal_splat_sums, key_sums, query_mix, local_window_sums,
+from .attention import (splat_attention_sums, splat_attention, log_features, check_inputs, causal_splat_sums, key_sums, query_mix, local_window_sums,
                                    combine_sums, SplatState, _group, _ungroup, _normalize, _finite)
 import math
 
@@ -91,32 +91,19 @@ def layer_attention(layer:HSALayer, q:Tensor, k:Tensor, v:Tensor, # fp32 `[b hq 
                     window_kv:tuple|None=None, # decoding: earlier keys/values still in the window
                     sinks:tuple|None=None, # decoding: (keys, values) of the first tokens; default: the first keys of k
                     pos0:int|None=None, # absolute position of the first key in k (default: 0, or state.n)
+                    window_mask:Tensor|None=None, # decoding: `[b nw]` padding mask of `window_kv` (default: all real)
+                    sink_mask:Tensor|None=None, # decoding: `[b S]` padding mask of `sinks` (default: all real)
                    )->tuple: # (`[b hq nq dv]`, the new state when causal)
-    "One HSA layer: splats + exact window + exact sinks, in O(n·K·d)."
+    "One HSA layer: splats + exact window (`splat_attention_sums`) + exact sinks, in O(n·K·d)."
     W, S = layer.local_window, layer.sinks; lw = layer.log_w_local()
     st = layer.splats(); chunk = min(layer.chunk, q.shape[2])                          # one new token: a chunk of 1, not 1 padded to 128
-    if not S or not causal: return splat_attention(q, k, v, st, causal, key_mask, chunk, state, W, lw, window_kv, scaling)
-    check_inputs(q, k, v, st, key_mask, causal, state)
-    hk, nq, nk = k.shape[1], q.shape[2], k.shape[2]; g = q.shape[1] // hk; scale = scaling or q.shape[-1] ** -0.5
+    num, den, r, new_state = splat_attention_sums(q, k, v, st, causal, key_mask, chunk, state, W, lw, window_kv, scaling, window_mask=window_mask)
+    hk, nq, nk = k.shape[1], q.shape[2], k.shape[2]
     pos0 = (state.n if state is not None else 0) if pos0 is None else pos0
-    qg = _group(q, hk); lq = log_features(qg, st["mu"], st["log_sigma"], st["u"]); lk = log_features(k, st["mu"], st["log_sigma"], st["u"])
-    if key_mask is not None: lk = lk.masked_fill(~key_mask.bool()[:, None, :, None], -math.inf)
-    pre, vv = state, v
-    if nq < nk:
-        pre = (state or SplatState.empty(k.shape[0], hk, lk.shape[-1], v.shape[-1], k.dtype, k.device)).absorb(*key_sums(lk[:, :, :nk - nq], v[:, :, :nk - nq]), nk - nq)
-        lk, vv = lk[:, :, nk - nq:], v[:, :, nk - nq:]
-    num, den, r, new_state = causal_splat_sums(lq, lk, vv, st["log_coef"], chunk, pre)
-    if W:
-        kk, v2, km = k, v, key_mask
-        if window_kv is not None:
-            kk, v2 = torch.cat([window_kv[0], k], 2), torch.cat([window_kv[1], v], 2)
-            if km is not None: km = torch.cat([km.new_ones(km.shape[0], window_kv[0].shape[2]), km], 1)
-        loc = local_window_sums(qg, kk, v2, g, W, True, km, scaling)
-        num, den, r = combine_sums((num, den, r), (loc[0], loc[1], loc[2] + lw))
-    ks, vs, sm = (sinks[0], sinks[1], None) if sinks is not None else (k[:, :, :S], v[:, :, :S], None if key_mask is None else key_mask[:, :S])
-    if pos0 + nk - nq > 0 or nq > 1:
+    if S and causal and (pos0 + nk - nq > 0 or nq > 1):                                # a lone first token has no sink outside its window
+        ks, vs, sm = (sinks[0], sinks[1], sink_mask) if sinks is not None else (k[:, :, :S], v[:, :, :S], None if key_mask is None else key_mask[:, :S])
         q_pos = torch.arange(pos0 + nk - nq, pos0 + nk, device=q.device)
-        sk = sink_sums(qg, ks[:, :, :S], vs[:, :, :S], g, q_pos, W, scale, sm)
+        sk = sink_sums(_group(q, hk), ks[:, :, :S], vs[:, :, :S], q.shape[1] // hk, q_pos, W, scaling or q.shape[-1] ** -0.5, sm)
         num, den, r = combine_sums((num, den, r), (sk[0], sk[1], sk[2] + lw))
     return _ungroup(_normalize(num, den), q.shape[1]), new_state
 
@@ -168,7 +155,8 @@ def hsa_attention(module:nn.Module, query:Tensor, key:Tensor, value:Tensor, # `[
         cl = getattr(_pending, "layer", None)
         if cl is not None and cl.returned is key: o = cl.attend(layer, q, k, v, km, scaling); _pending.layer = None
         else: o = layer_attention(layer, q, k, v, km, module.is_causal, scaling)[0]
-        if layer.record: layer.last_usage = splat_usage(layer.registry, q, km, layer.splats())
+        if layer.record:                                                             # summed over the calls while recording is on
+            u = splat_usage(layer.registry, q, km, layer.splats()); layer.last_usage = u if layer.last_usage is None else layer.last_usage + u
         out = o.to(dt).transpose(1, 2).contiguous()
     for cap in _captures: cap._record(module, query, key, value, km, out)
     return out, None

@@ -22,10 +22,14 @@ log = get_logger(__name__)
 def random_init(stack:HyperTensorStack, # tensors to initialize
                 x:Tensor, # training inputs [n d]
                 y:Tensor|None=None, # training targets [n m] (controls start there)
-                seed:int=0)->Tensor: # the chosen sample rows
-    "Gaussian unit normals, each plane through a random training point."
+                seed:int=0,
+                span:Tensor|None=None, # orthonormal basis [d r]: draw the normals inside it (default: all of R^d)
+               )->Tensor: # the chosen sample rows
+    "Gaussian unit normals (optionally inside `span`), each plane through a random training point."
     check_features(x, stack.d); g = torch.Generator().manual_seed(seed)
-    stack.normal.copy_(torch.nn.functional.normalize(torch.randn(stack.n, stack.d, generator=g), dim=1).to(stack.normal.dtype))
+    if span is not None and (span.ndim != 2 or span.shape[0] != stack.d): raise HTFRShapeError(f"span must be [{stack.d}, r], got {tuple(span.shape)}")
+    w = torch.randn(stack.n, stack.d, generator=g) if span is None else torch.randn(stack.n, span.shape[1], generator=g) @ span.float().T
+    stack.normal.copy_(torch.nn.functional.normalize(w, dim=1).to(stack.normal.dtype))
     rows = torch.randint(0, x.shape[0], (stack.n,), generator=g)
     place_through(stack, x[rows], None if y is None else y[rows]); return rows
 

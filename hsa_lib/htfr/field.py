@@ -12,58 +12,119 @@ from .sketch import HTFRShapeError, HTFRValueError, check_features
 from .hypertensor import HyperTensorStack, interp_weights
 
 # %% auto #0
-__all__ = ['log', 'topk_exact', 'LowRankIndex', 'recall_at_k', 'HTFR', 'place_through', 'OnlineFieldUpdate']
+__all__ = ['log', 'topk_exact', 'topk_fp16', 'PrefilterIndex', 'recall_at_k', 'HTFR', 'place_through', 'OnlineFieldUpdate']
 
 # %% ../../nbs/htfr/42_field.ipynb #854a04be
 log = get_logger(__name__)
 
 @torch.no_grad()
 def topk_exact(x:Tensor, # inputs [b d]
-               normals:Tensor, # unit normals [N d]
+               normals:Tensor, # normals [N d], fp32 or fp16
                offsets:Tensor, # offsets [N]
                k:int, # tensors per input
-              )->tuple: # (idx [b k], rho [b k]), nearest first
-    "The k hyperplanes nearest each input by ρ = |nᵀx + δ|, from one matmul."
-    if not 1 <= k <= normals.shape[0]: raise HTFRValueError(f"K must be in [1, N={normals.shape[0]}], got K={k}")
-    rho = torch.addmm(offsets.float(), x.float(), normals.float().T).abs_()
+               norms:Tensor|None=None, # ‖n_i‖ [N] for un-normalized normals; None: they are unit
+               fp16_scan:int=2, # fp16 normals and batch <= this: certified fp16 scan + fp32 re-rank (topk_fp16)
+               block:int=256)->tuple: # (idx [b k], rho [b k]), nearest first
+    "The k hyperplanes nearest each input by ρ = |nᵀx/‖n‖ + δ|, computed in fp32."
+    N = normals.shape[0]
+    if not 1 <= k <= N: raise HTFRValueError(f"K must be in [1, N={N}], got K={k}")
+    x, off = x.float(), offsets.float()
+    if normals.dtype == torch.float16 and len(x) <= fp16_scan: return topk_fp16(x, normals, off, k, norms)
+    if normals.dtype == torch.float32: rho = x @ normals.T
+    else:
+        rho = torch.empty(len(x), N)
+        for i in range(0, N, block): torch.mm(x, normals[i:i + block].float().T, out=rho[:, i:i + block])
+    rho = (rho if norms is None else rho.div_(norms.float())).add_(off).abs_()
     r, i = torch.topk(rho, k, dim=1, largest=False)
     return i, r
 
-# %% ../../nbs/htfr/42_field.ipynb #d2c4e75e
-class LowRankIndex:
-    "Approximate top-K by ρ: rank-r prefilter of all N tensors, exact re-rank of c·K candidates."
+# %% ../../nbs/htfr/42_field.ipynb #5fdfacb0
+@torch.no_grad()
+def topk_fp16(x:Tensor, # inputs [b d], fp32
+              normals:Tensor, # fp16 normals [N d]
+              offsets:Tensor, # offsets [N], fp32
+              k:int, norms:Tensor|None=None, # ‖n_i‖ [N]; None: unit
+              block:int=64)->tuple: # (idx [b k], rho [b k]), nearest first
+    "Exact top-k by ρ from fp16 normals: an fp16 GEMV bounds every ρ, fp32 re-ranks the survivors."
+    nrm = torch.ones(len(normals)) if norms is None else norms.float(); x16 = x.half()
+    raw = (x16 @ normals.T).float()
+    if not torch.isfinite(raw).all(): return topk_exact(x, normals, offsets, k, norms, fp16_scan=0)  # fp16 overflow: plain path
+    approx = torch.addcdiv(offsets, raw, nrm).abs_()
+    err = ((x - x16.float()).norm(dim=1, keepdim=True) + x.shape[1] * 2 ** -24 * x16.float().norm(dim=1, keepdim=True)
+           + 2 ** -10 * raw.abs() / nrm + 1e-6 * (approx + offsets.abs()))
+    tau = (approx + err).kthvalue(k, dim=1).values
+    cand = (approx - err) <= tau[:, None]; cols = cand.any(0).nonzero().flatten()
+    rho = torch.empty(len(x), len(cols))
+    for i in range(0, len(cols), block): torch.mm(x, normals.index_select(0, cols[i:i + block]).float().T, out=rho[:, i:i + block])
+    rho = torch.addcdiv(offsets[cols], rho, nrm[cols]).abs_().masked_fill_(~cand[:, cols], float("inf"))
+    r, j = torch.topk(rho, k, dim=1, largest=False)
+    return cols[j], r
+
+# %% ../../nbs/htfr/42_field.ipynb #b2f36b0e
+class PrefilterIndex:
+    "Exact top-K by ρ: certified rank-r bounds prune the N tensors, the survivors are re-ranked in fp32."
     def __init__(self, stack:HyperTensorStack, # the tensors to index
                  sample:Tensor, # representative inputs [n d] that define the basis
-                 rank:int=128, # basis size r
-                 oversample:int=32, # candidates kept = oversample·K
+                 rank:int=128, # largest basis size r
+                 energy:float=0.999, # smallest r whose PCA energy reaches this (capped at `rank`)
+                 z:float|None=None, # None: certified Cauchy–Schwarz bound; else z·σ Gaussian slack (may miss)
+                 max_frac:float=0.5, # re-ranking costs more than scanning this fraction of N → exact scan instead
                 ):
         check_features(sample, stack.d, "sample")
-        self.stack, self.oversample = stack, oversample
-        _, _, vh = torch.linalg.svd(sample.float(), full_matrices=False)
-        self.basis = vh[:min(rank, vh.shape[0])].T.contiguous()  # [d r]
-        self.proj = torch.empty(stack.n, self.basis.shape[1]); self.refresh()
+        if not 0 < energy <= 1: raise HTFRValueError(f"energy must be in (0, 1], got {energy}")
+        if z is not None and z <= 0: raise HTFRValueError(f"z must be > 0 or None, got {z}")
+        _, s, vh = torch.linalg.svd(sample.float(), full_matrices=False)
+        e = (s ** 2).cumsum(0) / (s ** 2).sum().clamp_min(1e-30)
+        r = max(1, min(rank, len(s), int((e < energy).sum()) + 1))
+        self.basis, self.stack, self.z, self.max_frac, self.last = vh[:r].T.contiguous(), stack, z, max_frac, {}
+        self.unit, self.proj, self.resid = torch.empty(stack.n, stack.d), torch.empty(stack.n, r), torch.empty(stack.n)
+        self.refresh()
     @torch.no_grad()
-    def refresh(self, rows:Tensor|None=None)->None:
-        "Recompute the projected normals of `rows` (all when None) after they changed."
-        if rows is None: self.unit = self.stack.unit_normals().detach(); self.proj = self.unit @ self.basis
-        else: self.unit[rows] = self.stack.unit_normals(rows).detach(); self.proj[rows] = self.unit[rows] @ self.basis
+    def refresh(self, rows:Tensor|None=None, # changed tensors (all when None)
+                block:int=4096)->None:
+        "Recompute unit normals, projections a_i and residual norms ‖n_i⊥‖ of `rows`."
+        rows = torch.arange(self.stack.n) if rows is None else torch.as_tensor(rows).flatten()
+        for i in range(0, len(rows), block):
+            r = rows[i:i + block]; u = self.stack.unit_normals(r).detach(); a = u @ self.basis
+            self.unit[r], self.proj[r], self.resid[r] = u, a, (u - a @ self.basis.T).norm(dim=1)
 
-# %% ../../nbs/htfr/42_field.ipynb #c43bc0e9
+# %% ../../nbs/htfr/42_field.ipynb #71e6d93d
 @torch.no_grad()
-def _index_search(self:LowRankIndex, x:Tensor, # inputs [b d]
-                  k:int)->tuple: # (idx [b k], rho [b k])
-    "Approximate top-k nearest hyperplanes by ρ."
-    st = self.stack
-    if not 1 <= k <= st.n: raise HTFRValueError(f"K must be in [1, N={st.n}], got K={k}")
-    c = min(st.n, self.oversample * k)
-    approx = torch.addmm(st.offset.detach().float(), x.float() @ self.basis, self.proj.T).abs_()
-    cand = torch.topk(approx, c, dim=1, largest=False).indices
-    rho = (torch.einsum("bd,bkd->bk", x.float(), self.unit[cand]) + st.offset.detach()[cand].float()).abs()
-    r, j = torch.topk(rho, k, dim=1, largest=False)
-    return cand.gather(1, j), r
-LowRankIndex.search = _index_search
+def _index_bounds(self:PrefilterIndex, x:Tensor, # inputs [b d]
+                 )->tuple: # (ρ̃ [b N], s [b N]): every ρ_i lies in [ρ̃_i − s_i, ρ̃_i + s_i]
+    "Rank-r estimate ρ̃ = |aᵀx̃ + δ| of every tensor's ρ and its slack s = ‖n⊥‖‖x⊥‖ (or z·σ)."
+    x, off = x.float(), self.stack.offset.detach().float(); d, r = self.basis.shape
+    xb = x @ self.basis; xr = (x - xb @ self.basis.T).norm(dim=1)
+    approx = torch.addmm(off, xb, self.proj.T).abs_()
+    scale = 1.0 if self.z is None else self.z / math.sqrt(max(d - r, 1))
+    return approx, torch.outer(xr * scale, self.resid).add_(1e-5 * (x.norm(dim=1, keepdim=True) + off.abs()))  # + fp32 rounding guard
+PrefilterIndex.bounds = _index_bounds
 
-# %% ../../nbs/htfr/42_field.ipynb #b4aac2f8
+# %% ../../nbs/htfr/42_field.ipynb #5f66733e
+@torch.no_grad()
+def _index_search(self:PrefilterIndex, x:Tensor, # inputs [b d]
+                  k:int)->tuple: # (idx [b k], rho [b k]), nearest first
+    "Top-k nearest hyperplanes by ρ: bound all N in r dims, prune, re-rank the survivors exactly."
+    st = self.stack; check_features(x, st.d)
+    if not 1 <= k <= st.n: raise HTFRValueError(f"K must be in [1, N={st.n}], got K={k}")
+    x, off = x.float(), st.offset.detach().float(); r = self.basis.shape[1]
+    approx, slack = self.bounds(x)
+    tau = (approx + slack).kthvalue(k, dim=1).values
+    cand = (approx - slack) <= tau[:, None]
+    cols, cmax = cand.any(0).nonzero().flatten(), int(cand.sum(1).max())
+    cost = {"union": len(cols), "per_query": 3 * len(x) * cmax, "exact": self.max_frac * st.n}  # rows touched; a gathered row costs ~2.4× a GEMM row (measured)
+    path = min(cost, key=cost.get)
+    self.last = {"candidates_per_query": cand.sum(1).float().mean().item(), "union": len(cols), "rank": r, "path": path}
+    if path == "exact": return topk_exact(x, self.unit, off, k)
+    if path == "union":  # one GEMM over the batch's surviving tensors
+        rho = torch.addmm(off[cols], x, self.unit[cols].T).abs_().masked_fill_(~cand[:, cols], float("inf"))
+        rr, j = torch.topk(rho, k, dim=1, largest=False); return cols[j], rr
+    ci = torch.topk(approx - slack, cmax, dim=1, largest=False).indices  # ⊇ each query's survivors
+    rho = (torch.einsum("bd,bcd->bc", x, self.unit[ci]) + off[ci]).abs_()
+    rr, j = torch.topk(rho, k, dim=1, largest=False); return ci.gather(1, j), rr
+PrefilterIndex.search = _index_search
+
+# %% ../../nbs/htfr/42_field.ipynb #ab211337
 def recall_at_k(approx_idx:Tensor, exact_idx:Tensor)->float:
     "Fraction of the exact top-K found by the approximate search."
     hit = (approx_idx.unsqueeze(2) == exact_idx.unsqueeze(1)).any(1)
@@ -95,6 +156,8 @@ class HTFR(nn.Module):
         "(idx, rho) of the K nearest tensors: the index when one is attached, else exact."
         if self.index is not None: return self.index.search(x, self.k)
         s = self.stack
+        if s.normal.dtype == torch.float16:  # stored fp16: scan the stored normals, divide by their norms (no fp32 copy)
+            w = s.normal.detach(); return topk_exact(x, w, s.offset.detach(), self.k, norms=torch.linalg.vector_norm(w, dim=1, dtype=torch.float32).clamp_min(1e-12))
         return topk_exact(x, s.unit_normals().detach(), s.offset.detach(), self.k)
 
 # %% ../../nbs/htfr/42_field.ipynb #830a3591

@@ -35,24 +35,43 @@ def random_lens_tensors(n:int, d:int, hidden:tuple=(128, 64), seed:int=0)->dict:
     return {"W1": r(n, h1, d, fan=d), "b1": r(n, h1, fan=d), "W2": r(n, h2, h1, fan=h1), "b2": r(n, h2, fan=h1), "w3": r(n, h2, fan=h2), "b3": r(n, fan=h2)}
 
 # %% ../../nbs/lenses/24_bank.ipynb #a67712bb
-def score_stacked(x:Tensor, # [t d] per-sample-normalized hidden states
-                  t:dict, # stacked W1 [n h1 d], b1 [n h1], W2 [n h2 h1], b2 [n h2], w3 [n h2], b3 [n]
-                 )->Tensor: # logits [t n]
-    "Logits of n stacked MLP lenses for t vectors: one GEMM, one batched GEMM, one weighted sum."
-    n, h1, d = t["W1"].shape
-    a = torch.relu(x @ t["W1"].reshape(n * h1, d).T + t["b1"].reshape(-1)).reshape(-1, n, h1).transpose(0, 1)   # [n t h1]
-    b = torch.relu(torch.baddbmm(t["b2"][:, None], a, t["W2"].transpose(1, 2)))                                  # [n t h2]
-    return (b @ t["w3"][:, :, None]).squeeze(-1).T + t["b3"]
+def _score_block(x:Tensor, t:dict, s:int, e:int, buf:dict|None=None)->Tensor: # logits [t, e-s]
+    "Logits of lenses s..e: weights upcast to float32 (into `buf` when given, cache-sized), float32 products."
+    n, h1, d = t["W1"].shape; m = e - s
+    def f32(k, shape):
+        w = t[k][s:e]
+        if w.dtype == torch.float32: return w.reshape(shape)
+        return buf[k][:m].view(shape).copy_(w.reshape(shape)) if buf is not None else w.float().reshape(shape)
+    a = torch.relu(torch.addmm(t["b1"][s:e].float().reshape(-1), x, f32("W1", (m * h1, d)).T)).reshape(-1, m, h1).transpose(0, 1)  # [m t h1]
+    b = torch.relu(torch.baddbmm(t["b2"][s:e].float()[:, None], a, f32("W2", (m, -1, h1)).transpose(1, 2)))                           # [m t h2]
+    return (b @ t["w3"][s:e].float()[:, :, None]).squeeze(-1).T + t["b3"][s:e].float()
+
+def score_stacked(x:Tensor, # [t d] per-sample-normalized hidden states (float32)
+                  t:dict, # stacked W1 [n h1 d], b1 [n h1], W2 [n h2 h1], b2 [n h2], w3 [n h2], b3 [n]; float32 or bf16
+                  block:int|None=None, # lenses per block (None: all at once)
+                 )->Tensor: # logits [t n], float32
+    "Logits of n stacked MLP lenses for t vectors: per block one GEMM, one batched GEMM, one weighted sum."
+    n, h1, d = t["W1"].shape; x = x.float()
+    if block is None or block >= n: return _score_block(x, t, 0, n)
+    buf = {"W1": torch.empty(block * h1 * d, device=x.device), "W2": torch.empty(block * t["W2"].shape[1] * h1, device=x.device)}
+    buf = {k: v.view(block, -1) for k, v in buf.items()}
+    return torch.cat([_score_block(x, t, s, min(s + block, n), buf) for s in range(0, n, block)], 1)
 
 # %% ../../nbs/lenses/24_bank.ipynb #0d4f19c8
 class LensBank:
     "Resident lenses as stacked tensors per layer; batched scoring of any number of tokens."
-    def __init__(self, model_id:str, hidden_size:int, pooling:str="mean", dtype:torch.dtype=torch.float32, device="cpu"):
+    def __init__(self, model_id:str, hidden_size:int, pooling:str="mean", dtype:torch.dtype=torch.float32, device="cpu",
+                 storage:str="fp32", # weights kept as 'fp32' (exact for any weights) or 'bf16' (lossless for weights from a bf16 pack)
+                 block:int|None=16, # lenses scored per block (None: all at once)
+                ):
+        if storage not in ("fp32", "bf16"): raise ValueError(f"unknown storage {storage!r}; expected 'fp32' or 'bf16'")
         self.model_id, self.d, self.pooling, self.dtype, self.device = model_id, hidden_size, pooling, dtype, torch.device(device)
+        self.storage, self.block = storage, block
+        self.storage_dtype = torch.bfloat16 if storage == "bf16" else dtype
         self.groups = {} # layer -> {'names': [...], 'thr': Tensor[n], 't': {key: Tensor}}
     def __len__(self): return sum(len(g["names"]) for g in self.groups.values())
     def __contains__(self, name): return any(name in g["names"] for g in self.groups.values())
-    def __repr__(self): return f"LensBank({len(self)} lenses, layers {sorted(self.groups)}, d={self.d})"
+    def __repr__(self): return f"LensBank({len(self)} lenses, layers {sorted(self.groups)}, d={self.d}, {self.storage} storage)"
     @property
     def names(self)->list: return [n for l in sorted(self.groups) for n in self.groups[l]["names"]]
     @property
@@ -73,7 +92,7 @@ def _bank_add(self:LensBank, names:list, layer:int, tensors:dict, thresholds:Ten
         if nm in self: raise ValueError(f"concept {nm!r} is already in the bank")
     if len(set(names)) != n: raise ValueError("duplicate names in one add")
     if tuple(tensors["W1"].shape[::2]) != (n, self.d): raise LensCompatibilityError(f"W1 has shape {tuple(tensors['W1'].shape)}, expected ({n}, h1, {self.d}) for hidden size {self.d}")
-    t = {k: check_finite(tensors[k], f"lens weights {k}").to(self.device, self.dtype) for k in KEYS}
+    t = {k: check_finite(tensors[k], f"lens weights {k}").to(self.device, self.storage_dtype) for k in KEYS}
     thr = torch.zeros(n) if thresholds is None else torch.as_tensor(thresholds, dtype=torch.float32)
     g = self.groups.get(layer)
     if g is None: self.groups[layer] = {"names": list(names), "thr": thr.clone(), "t": t}
@@ -111,7 +130,7 @@ def _bank_score(self:LensBank, hidden:Tensor|dict, # [t d] (one layer) or {layer
         x = hidden[l]; x = x[None] if x.dim() == 1 else x
         if x.dim() != 2 or x.shape[-1] != self.d: raise LensCompatibilityError(f"hidden states of layer {l} have shape {tuple(x.shape)}; expected [t, {self.d}]")
         if t is not None and x.shape[0] != t: raise ValueError(f"layers disagree on the number of tokens: {t} vs {x.shape[0]}")
-        t = x.shape[0]; outs.append(score_stacked(normalize(check_finite(x, f"layer {l} hidden states")).to(self.device, self.dtype), self.groups[l]["t"]))
+        t = x.shape[0]; outs.append(score_stacked(normalize(check_finite(x, f"layer {l} hidden states")).to(self.device, self.dtype), self.groups[l]["t"], self.block))
     return torch.cat(outs, 1).float() if outs else torch.empty(t or 0, 0)
 
 LensBank.score = _bank_score
@@ -176,7 +195,8 @@ def load_lens_pack(folder:str|Path, best_only:bool=True, # only each concept's b
                    concepts:list|None=None, device="cpu")->LensBank:
     "A ready `LensBank` from a lens pack folder (memory-mapped safetensors, validated)."
     folder = Path(folder); info, entries = read_lens_pack_info(folder)
-    bank = LensBank(info["model_id"], info["hidden_size"], info["pooling"], device=device); bank.info = info; bank.entries = entries
+    bank = LensBank(info["model_id"], info["hidden_size"], info["pooling"], device=device, storage="bf16" if info["dtype"] == "bf16" else "fp32")   # bf16 on disk: lossless in bf16
+    bank.info = info; bank.entries = entries
     if concepts is not None and (unknown := sorted(set(concepts) - {e["concept"] for e in entries})): raise UnknownConceptError(f"unknown concepts {unknown} in lens pack {folder}")
     for l in info["layers"]:
         rows = [e for e in entries if e["layer"] == l and (e["best"] or not best_only) and (concepts is None or e["concept"] in concepts)]

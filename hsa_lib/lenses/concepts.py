@@ -11,7 +11,7 @@ from ..core import CorruptFileError, HsaLibError, atomic_write_json, get_logger,
 # %% auto #0
 __all__ = ['log', 'PROMPT_KEYS', 'NAME_RE', 'SPEC_ID', 'DEFAULT_PACK', 'UnknownConceptError', 'make_hierarchy', 'check_leakage',
            'ConceptPack', 'validate_concept_pack', 'save_concept_pack', 'load_concept_pack', 'build_concept_pack',
-           'pack_dir', 'load_default_pack']
+           'pack_dir', 'pack_source', 'build_pack_from_source', 'load_default_pack']
 
 # %% ../../nbs/lenses/22_concepts.ipynb #706ed59d
 log = get_logger(__name__)
@@ -168,6 +168,16 @@ def pack_dir(pack_id:str=DEFAULT_PACK)->Path:
     if not NAME_RE.match(pack_id): raise ValueError(f"bad pack id {pack_id!r}")
     import hsa_lib
     return Path(hsa_lib.__file__).parent/"assets"/"lenses"/"concepts"/pack_id
+
+def pack_source(pack_id:str=DEFAULT_PACK)->Path:
+    "The curated source file a shipped concept pack is generated from."
+    return pack_dir(pack_id).parent.parent/"sources"/f"{pack_id}.json"
+
+def build_pack_from_source(path:str|Path)->ConceptPack:
+    "A `ConceptPack` generated from a source JSON (concepts, templates, pack_id, version, n_train, max_pos, max_neg, seed)."
+    s = read_json(path)
+    try: return build_concept_pack(s["concepts"], s["templates"], s["pack_id"], s["version"], s.get("description", ""), s["n_train"], s["max_pos"], s["max_neg"], s.get("seed", 0))
+    except KeyError as e: raise CorruptFileError(f"concept pack source {path} lacks {e}") from e
 
 def load_default_pack()->ConceptPack:
     "The concept pack that ships with the package."

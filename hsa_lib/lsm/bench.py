@@ -4,20 +4,21 @@
 
 # %% ../../nbs/lsm/39_bench.ipynb #390002
 from __future__ import annotations
-import dataclasses, math, statistics, time
+import dataclasses, hashlib, math, statistics, time
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
 from ..bench import Figure, Report, register_benchmark, time_interleaved
 from ..core import get_logger, progress, set_seed
-from .reservoir import Reservoir, ReservoirConfig, SineActivation
+from .reservoir import LSMError, _check, Reservoir, ReservoirConfig, SineActivation
 from .rc import mackey_glass, forecast
 from .embedding import StandardTokenizerWrapper, Vocab, SinusoidalEmbedder
 from .cnn import nearest_embedding_logits
 from .training import LSMConfig, LSMModel, LSMTrainer, init_unigram_bias
 
 # %% auto #0
-__all__ = ['log', 'reservoirpy_or_none', 'rpy_reservoir', 'parity_max_abs_diff', 'mg_figures', 'speed_figures', 'bootstrap_ci',
-           'GRULM', 'n_trainable', 'gru_hidden_for', 'train_gru', 'gru_hits', 'lm_data', 'lm_figures', 'bench_lsm']
+__all__ = ['log', 'LM_CONFIG', 'LM_MODELS', 'LM_NAMES', 'reservoirpy_or_none', 'rpy_reservoir', 'parity_max_abs_diff',
+           'mg_figures', 'speed_figures', 'bootstrap_ci', 'GRULM', 'n_trainable', 'gru_hidden_for', 'train_gru',
+           'gru_hits', 'lm_documents', 'cv_fold', 'cv_split', 'lm_fold', 'lm_figures', 'bench_lsm']
 
 # %% ../../nbs/lsm/39_bench.ipynb #390005
 log = get_logger(__name__)
@@ -84,11 +85,19 @@ def speed_figures(units:int, steps:int, repeats:int, rpy:bool=True)->dict:
     return {k: statistics.median(v) for k, v in (t | tb).items()}
 
 # %% ../../nbs/lsm/39_bench.ipynb #390014
-def bootstrap_ci(hits:Tensor, n:int=1000, seed:int=0)->tuple:
-    "Mean of a 0/1 tensor and its bootstrap 95% interval."
-    g = torch.Generator().manual_seed(seed); h = hits.float()
-    means = h[torch.randint(len(h), (n, len(h)), generator=g)].mean(1)
-    return h.mean().item(), means.quantile(0.025).item(), means.quantile(0.975).item()
+def bootstrap_ci(hits:Tensor, # 0/1 (or real) per-element scores [N]
+                 n:int=1000, seed:int=0,
+                 groups:Tensor|None=None, # group id per element (e.g. its document): whole groups are resampled
+                 minus:Tensor|None=None, # a second model's scores on the same elements: the statistic is the paired difference
+                )->tuple: # (estimate, lo, hi)
+    "The mean of `hits` (or of `hits − minus`) and its bootstrap 95% interval, resampling elements or whole groups."
+    h = hits.double() - (minus.double() if minus is not None else 0)
+    inv = torch.unique(groups, return_inverse=True)[1] if groups is not None else torch.arange(len(h))
+    G = int(inv.max()) + 1; s = torch.zeros(G, dtype=torch.float64).index_add_(0, inv, h); c = torch.bincount(inv, minlength=G).double()
+    g, means = torch.Generator().manual_seed(seed), torch.empty(n, dtype=torch.float64)
+    for i in range(n):
+        w = torch.bincount(torch.randint(G, (G,), generator=g), minlength=G).double(); means[i] = (w @ s) / (w @ c)
+    return (s.sum() / c.sum()).item(), means.quantile(0.025).item(), means.quantile(0.975).item()
 
 class GRULM(nn.Module):
     "Frozen sinusoidal embeddings → GRU → predicted embedding → the LSM's head: nearest-embedding logits (× scale) or a trainable table; + bias."
@@ -127,33 +136,60 @@ def gru_hits(model:GRULM, stream:Tensor, parts:int=32, k:int=10)->Tensor:
     return (top == ids[:, 1:, None]).any(-1).flatten()
 
 # %% ../../nbs/lsm/39_bench.ipynb #390016
-def lm_data(tokenizer=None, fractions:tuple=(0.6, 0.0, 0.4))->tuple:
-    "(train ids, held-out ids, vocab): the shipped corpus split by document hash, in a compact vocabulary."
-    from hsa_lib.data import load_corpus, split_by_hash
-    tok = tokenizer or StandardTokenizerWrapper()
-    sp = split_by_hash(load_corpus(), key=lambda d: d.key, fractions=fractions)
-    enc = lambda docs: tok.encode("\n\n".join(f"{d.title}\n\n{d.text}" for d in docs))
-    tr, te = enc(sp["train"]), enc(sp["val"] + sp["test"]); voc = Vocab(tr)
-    return voc.encode(tr), voc.encode(te), voc
+def lm_documents(tokenizer=None)->list: # [(key, token ids)]
+    "Every shipped text as SmolLM2 tokens: corpus documents (title + text) and annotated conversations, with their split keys."
+    from hsa_lib.data import load_corpus
+    from .data import load_conversations, conversation_key, MessageAnnotator
+    tok, ann = tokenizer or StandardTokenizerWrapper(), MessageAnnotator()
+    docs = [(d.key, f"{d.title}\n\n{d.text}") for d in load_corpus()]
+    docs += [(conversation_key(c), ann.annotate(c["messages"])) for c in load_conversations()]
+    return [(k, tok.encode(t)) for k, t in docs]
 
-def lm_figures(quick:bool=False, seed:int=0, head:str="softmax")->dict:
-    "Top-10 accuracy (mean, lo, hi) of the LSM and its baselines (all with the same `head`), plus sizes; and the LSM with the frozen-embedding head."
-    set_seed(seed); tr, te, voc = lm_data()
-    if quick: tr, te = tr[:12000], te[:5000]
-    steps = 100 if quick else 800
-    base = LSMConfig(vocab_size=len(voc), embed_dim=32, units=100 if quick else 200, window=4, channels=8, leak_rate=0.5, spectral_radius=0.9, seed=seed, head=head)
-    out, models = {}, {"lsm": {}, "no_reservoir": {"use_reservoir": False}, "recurrence_off": {"recurrence": False}}
-    if head != "embedding": models["lsm_embedding_head"] = {"head": "embedding"}
-    for name, ov in models.items():
+def cv_fold(key:str, k:int=5, salt:str="lsm-cv")->int: return int(hashlib.sha256(f"{salt}:{key}".encode()).hexdigest(), 16) % k
+
+def cv_split(docs:list, fold:int, k:int=5, val:bool=False)->tuple: # (train docs, held-out docs)
+    "Fold `fold`'s training and held-out documents; `val=True` instead splits its *training* documents 80/20 (for tuning)."
+    from hsa_lib.data import split_of
+    _check(fold in range(k), f"fold must be in [0, {k}), got {fold}")
+    tr = [d for d in docs if cv_fold(d[0], k) != fold]
+    if not val: return tr, [d for d in docs if cv_fold(d[0], k) == fold]
+    side = [split_of(d[0], (0.8, 0.2, 0.0), salt="lsm-val") for d in tr]
+    return [d for d, s in zip(tr, side) if s == "train"], [d for d, s in zip(tr, side) if s == "val"]
+
+# %% ../../nbs/lsm/39_bench.ipynb #390022
+LM_CONFIG = dict(embed_dim=32, units=400, window=1, readout="linear", include_input=True, head="softmax", leak_rate=0.8, spectral_radius=0.5, input_scaling=0.5)
+LM_MODELS = {"lsm": {}, "no_reservoir": {"use_reservoir": False}, "recurrence_off": {"recurrence": False}}
+LM_NAMES = (*LM_MODELS, "unigram", "gru")
+
+def lm_fold(train_docs:list, test_docs:list, steps:int, seed:int=0, config:dict|None=None, gru:bool=True)->dict:
+    "Train every model on `train_docs` from scratch; per-token top-10 hits on the `test_docs` stream, the targets' document keys, sizes."
+    voc = Vocab([i for _, s in train_docs for i in s]); tr = voc.encode([i for _, s in train_docs for i in s])
+    te = voc.encode([i for _, s in test_docs for i in s]); keys = [k for k, s in test_docs for _ in s][1:]
+    known, base = te[1:] != 0, LSMConfig(vocab_size=len(voc), seed=seed, **(config or LM_CONFIG))  # unknown targets: a miss for everyone
+    out = {"keys": keys, "train_tokens": len(tr), "vocab": len(voc)}
+    for name, ov in LM_MODELS.items():
         t = LSMTrainer(LSMModel(dataclasses.replace(base, **ov)), lr=3e-3, batch_size=128, seed=seed); t.fit_tokens(tr, steps)
-        out[name] = bootstrap_ci(t.topk_hits(te)); out[f"{name}_params"] = n_trainable(t.model)
-    top = torch.bincount(tr, minlength=len(voc)).topk(10).indices
-    out["unigram"] = bootstrap_ci(torch.isin(te[1:], top))
-    h = gru_hidden_for(out["lsm_params"], base.embed_dim, len(voc) if head == "softmax" else 0)
-    gru = GRULM(SinusoidalEmbedder(len(voc), base.embed_dim, seed=seed), h, head); train_gru(gru, tr, steps, batch=4, seq=32, seed=seed)
-    out["gru"] = bootstrap_ci(gru_hits(gru, te)); out["gru_params"] = n_trainable(gru)
-    out |= {"train_tokens": len(tr), "eval_tokens": len(te), "vocab": len(voc), "steps": steps, "head": head}
+        out[name], out[f"{name}_params"] = t.topk_hits(te, parts=1) & known, n_trainable(t.model)
+    out["unigram"] = torch.isin(te[1:], torch.bincount(tr, minlength=len(voc)).topk(10).indices) & known
+    if not gru: return out
+    gru = GRULM(SinusoidalEmbedder(len(voc), base.embed_dim, seed=seed), gru_hidden_for(out["lsm_params"], base.embed_dim, len(voc)), "softmax")
+    train_gru(gru, tr, steps, batch=4, seq=32, seed=seed); out["gru"], out["gru_params"] = gru_hits(gru, te, parts=1) & known, n_trainable(gru)
     return out
+
+# %% ../../nbs/lsm/39_bench.ipynb #390023
+def lm_figures(quick:bool=False, seed:int=0, k:int=5, steps:int|None=None)->dict:
+    "k-fold top-10 accuracy of the LSM and its controls with document-bootstrap intervals, paired differences and sizes."
+    set_seed(seed); docs = lm_documents(); steps = steps or (150 if quick else 1600)
+    folds = [lm_fold(*cv_split(docs, f, k), steps, seed) for f in progress(range(1 if quick else k), desc="LSM folds")]
+    keys = [key for f in folds for key in f["keys"]]; ids = {key: i for i, key in enumerate(dict.fromkeys(keys))}
+    groups, hits = torch.tensor([ids[key] for key in keys]), {n: torch.cat([f[n] for f in folds]) for n in LM_NAMES}
+    out = {n: bootstrap_ci(hits[n], groups=groups) for n in LM_NAMES}
+    out |= {f"lsm_minus_{n}": bootstrap_ci(hits["lsm"], groups=groups, minus=hits[n]) for n in LM_NAMES[1:]}
+    n0 = len(folds[0]["keys"]); h0, g0 = {n: v[:n0] for n, v in hits.items()}, groups[:n0]  # fold 0: held-out documents the tuning never saw
+    out["fold0"] = {n: bootstrap_ci(h0[n], groups=g0) for n in LM_NAMES} | {f"lsm_minus_{n}": bootstrap_ci(h0["lsm"], groups=g0, minus=h0[n]) for n in LM_NAMES[1:]} | {"eval_tokens": n0}
+    out |= {f"{n}_params": folds[0][f"{n}_params"] for n in ("lsm", "no_reservoir", "recurrence_off", "gru")}
+    return out | {"eval_tokens": len(keys), "documents": len(ids), "folds": len(folds), "k": k, "steps": steps,
+                  "train_tokens": [f["train_tokens"] for f in folds], "vocab": [f["vocab"] for f in folds]}
 
 # %% ../../nbs/lsm/39_bench.ipynb #390018
 @register_benchmark("lsm")
@@ -174,10 +210,16 @@ def bench_lsm(quick:bool=False)->Report:
         if rpy: rep.add(f"steps_per_s_ratio_{units}", Figure(s["reservoirpy"] / s["ours"], "x", 1.0, "higher", f"ours {steps / s['ours']:.0f} steps/s vs reservoirpy {steps / s['reservoirpy']:.0f} steps/s; one sequence, float64; target >= 1"))
         else: rep.add(f"steps_per_s_ratio_{units}", Figure(float("nan"), "x", None, "higher", skip))
         if units == 100: rep.add("batched32_speedup", Figure(s["one_by_one"] / s["batched"], "x", 1.0, "higher", f"100 units, float32, {steps} steps: 32 sequences in one batch vs one at a time; target >= 10"))
-    lm = lm_figures(quick)
-    (m, lo, hi) = lm["lsm"]
-    rep.add("lm_top10_acc", Figure(m, "acc", lm["unigram"][0], "higher", f"held-out tokens {lm['eval_tokens']} (target >= 100k; the shipped corpus is smaller), train tokens {lm['train_tokens']}, vocab {lm['vocab']}, {lm['steps']} steps; every model has the {lm['head']} head (trainable output table); baseline = unigram",
-            {"ci95": [lo, hi], **{f"{k}_top10": {"mean": lm[k][0], "ci95": [lm[k][1], lm[k][2]]} for k in ("unigram", "no_reservoir", "recurrence_off", "gru", "lsm_embedding_head") if k in lm},
-             "params": {k: lm[f"{k}_params"] for k in ("lsm", "no_reservoir", "recurrence_off", "gru", "lsm_embedding_head") if f"{k}_params" in lm},
-             "beats": {k: lo > lm[k][2] for k in ("unigram", "no_reservoir", "recurrence_off")}}))
+    lm = lm_figures(quick); (m, lo, hi) = lm["lsm"]
+    ci = lambda t: {"mean": t[0], "ci95": [t[1], t[2]]}
+    note = (f"{lm['k']}-fold cross-validation by document hash over the shipped corpus + conversations ({lm['folds']} fold(s) run{', quick' if quick else ''}): "
+            f"{lm['eval_tokens']} held-out next-token targets from {lm['documents']} documents, each held out once (target >= 100k); "
+            f"every model trained from scratch per fold for {lm['steps']} steps x 128 targets, same softmax head; ESN readout over [x(t); u(t)]; "
+            f"95% CIs: document (cluster) bootstrap; 'beats' = paired-difference CI above 0; baseline = unigram")
+    rep.add("lm_top10_acc", Figure(m, "acc", lm["unigram"][0], "higher", note,
+            {"ci95": [lo, hi], **{f"{k}_top10": ci(lm[k]) for k in LM_NAMES[1:]}, **{f"lsm_minus_{k}": ci(lm[f"lsm_minus_{k}"]) for k in LM_NAMES[1:]},
+             "params": {k: lm[f"{k}_params"] for k in ("lsm", "no_reservoir", "recurrence_off", "gru")},
+             "beats": {k: lm[f"lsm_minus_{k}"][1] > 0 for k in ("unigram", "no_reservoir", "recurrence_off")},
+             "fold0_untouched_by_tuning": {k: (ci(v) if isinstance(v, tuple) else v) for k, v in lm["fold0"].items()},
+             "eval_tokens": lm["eval_tokens"], "train_tokens": lm["train_tokens"], "vocab": lm["vocab"]}))
     return rep

@@ -52,7 +52,7 @@ def generate(self:ResponseGenerator, messages, # user string or chat messages
         img = buf.reshape(1, W, m.feat_layers, m.feat_units).transpose(1, 2)
         nxt = self._sample(m.logits(m.predict(img))[0], temperature, top_k, g); out.append(nxt)
         if stop and stop in self.tok.decode(self.vocab.decode(out[-1:])): break
-        new = m.states(torch.tensor([[nxt]]), state=st[:, -1] if m.config.use_reservoir else None)
+        new = m.states(torch.tensor([[nxt]]), state=st[:, -1, :m.reservoir.out_dim] if m.config.use_reservoir else None)
         st = new; buf = torch.cat([buf[1:], new[0]])
     text = self.tok.decode(self.vocab.decode(out))
     return text.split(stop)[0] if stop else text

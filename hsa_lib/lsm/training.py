@@ -41,6 +41,7 @@ class LSMConfig(Config):
     temperature:float=1.0
     recurrence:bool=True # False: W = 0 (ablation)
     use_reservoir:bool=True # False: the readout sees raw embeddings (ablation)
+    include_input:bool=False # True: features are [reservoir state; input embedding], the standard ESN readout input
     head:str="embedding" # 'embedding': nearest frozen embedding; 'softmax': a trainable output table [V d]
     fit_embedding_steps:int=0 # > 0: fit the input `SinusoidalEmbedder` (`fit_embedder`) on the training stream before the first step
     seed:int=0
@@ -55,6 +56,7 @@ class LSMModel(nn.Module):
         if not c.recurrence:
             for l in range(c.layers): getattr(self.reservoir, f"W{l}").zero_()
         L, n = (c.layers, c.units) if c.use_reservoir else (1, c.embed_dim)
+        if c.use_reservoir and c.include_input: L, n = 1, c.layers * c.units + c.embed_dim  # one flat feature row per step
         self.feat_layers, self.feat_units = L, n
         if c.readout == "cnn2d": self.readout = CNN2DReadout(L, c.embed_dim, c.channels)
         elif c.readout == "linear": self.readout = nn.Sequential(nn.Flatten(), nn.Linear(L * c.window * n, c.embed_dim))
@@ -67,12 +69,14 @@ class LSMModel(nn.Module):
 @patch
 def states(self:LSMModel, ids:Tensor, # [b t] compact token ids
             state:Tensor|None=None)->Tensor: # [b t features]
-    "Reservoir states (or raw embeddings when `use_reservoir=False`) of a batch of id sequences."
+    "Reservoir states (then the input embedding, with `include_input`), or raw embeddings when `use_reservoir=False`, of a batch of id sequences."
     if ids.dtype not in (torch.int32, torch.int64): raise LSMError(f"token ids must be integer, got dtype {ids.dtype}")
     if ids.numel() and (ids.min() < 0 or ids.max() >= self.config.vocab_size): raise LSMError(f"token ids must be in [0, {self.config.vocab_size}), got range [{ids.min()}, {ids.max()}]")
     with torch.no_grad():
         e = self.embedder(ids)
-        return self.reservoir(e, state=state) if self.config.use_reservoir else e
+        if not self.config.use_reservoir: return e
+        x = self.reservoir(e, state=state)  # `state` is the reservoir part only: features[..., :reservoir.out_dim]
+        return torch.cat([x, e.to(x.dtype)], -1) if self.config.include_input else x
 
 @patch
 def windows(self:LSMModel, states:Tensor, # [P T F]
